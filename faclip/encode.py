@@ -1,0 +1,137 @@
+"""The only text and image encoding in faclip: batched, L2-normalised float32 vectors.
+
+`text_features` / `image_features` are the differentiable pooled outputs (training uses them);
+`encode_texts` / `encode_images` wrap them for inference (no grad, batches, progress bar).
+"""
+
+import io
+import logging
+from pathlib import Path
+from typing import Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from faclip.errors import FaclipError
+from faclip.text import normalize_text
+
+logger = logging.getLogger(__name__)
+
+ImageSource = Union[str, Path, bytes, Image.Image]
+
+
+def pick_device() -> torch.device:
+    """CUDA when available, else CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _autocast(device: torch.device):
+    # bf16 on GPU halves memory traffic; CPU stays in fp32 (bf16 on CPU is slow and inexact).
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def tokenize(tokenizer, texts: Sequence[str], max_len: int, padding: bool = True):
+    """Normalise and tokenise texts, truncated to max_len; padded to the longest when `padding`."""
+    return tokenizer(
+        [normalize_text(t) for t in texts],
+        truncation=True,
+        max_length=max_len,
+        padding="longest" if padding else False,
+        return_tensors="pt" if padding else None,
+    )
+
+
+def text_features(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Pooled text embedding (B, D): the pooler output, or the masked token mean if the model has none."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask)
+    if getattr(out, "pooler_output", None) is not None:
+        return out.pooler_output
+    mask = attention_mask.unsqueeze(-1).to(out.last_hidden_state.dtype)  # (B, T, 1)
+    return (out.last_hidden_state * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+
+
+def image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Pooled image embedding (B, D): the pooler output, or the CLS token if the model has none."""
+    out = model(pixel_values=pixel_values)
+    if getattr(out, "pooler_output", None) is not None:
+        return out.pooler_output
+    return out.last_hidden_state[:, 0]
+
+
+def load_rgb(source: ImageSource) -> Image.Image:
+    """Open an image (path, bytes or PIL) as RGB, EXIF-rotated; RGBA/LA/P go onto white."""
+    try:
+        if isinstance(source, Image.Image):
+            image = source
+        else:
+            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+            image.load()
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
+        name = "image bytes" if isinstance(source, bytes) else str(source)
+        raise FaclipError(f"cannot read image {name} ({err}); give a JPEG/PNG/WebP file") from None
+    image = ImageOps.exif_transpose(image)
+    if image.mode in ("RGBA", "LA", "P", "PA"):
+        image = image.convert("RGBA")
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(background, image)
+    return image.convert("RGB")
+
+
+@torch.no_grad()
+def encode_texts(model, tokenizer, texts: Sequence[str], *, max_len: int, batch_size: int = 64,
+                 progress: bool = False) -> np.ndarray:
+    """Encode texts to L2-normalised float32 vectors (N, D), in input order."""
+    model.eval()
+    device = next(model.parameters()).device
+    # Longest first keeps padding per batch small; results go back to input order.
+    order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+    chunks = []
+    for start in tqdm(range(0, len(order), batch_size), desc="encode texts", disable=not progress,
+                      unit="batch"):
+        batch = tokenize(tokenizer, [texts[i] for i in order[start:start + batch_size]], max_len).to(device)
+        with _autocast(device):
+            feats = text_features(model, batch["input_ids"], batch["attention_mask"])  # (B, D)
+        chunks.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu())
+    if not chunks:
+        return np.zeros((0, model.config.hidden_size), dtype=np.float32)
+    vectors = torch.cat(chunks).numpy()
+    out = np.empty_like(vectors)
+    out[order] = vectors
+    return out
+
+
+class _ImageDataset(torch.utils.data.Dataset):
+    """Decodes and preprocesses one image per item, so DataLoader workers overlap it with encoding."""
+
+    def __init__(self, sources: Sequence[ImageSource], processor):
+        self.sources = sources
+        self.processor = processor
+
+    def __len__(self):
+        return len(self.sources)
+
+    def __getitem__(self, i):
+        image = load_rgb(self.sources[i])
+        return self.processor(images=image, return_tensors="pt")["pixel_values"][0]  # (3, H, W)
+
+
+@torch.no_grad()
+def encode_images(model, processor, sources: Sequence[ImageSource], *, batch_size: int = 32,
+                  num_workers: int = 0, progress: bool = False) -> np.ndarray:
+    """Encode images to L2-normalised float32 vectors (N, D), in input order."""
+    model.eval()
+    device = next(model.parameters()).device
+    loader = torch.utils.data.DataLoader(
+        _ImageDataset(sources, processor), batch_size=batch_size, num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+    )
+    chunks = []
+    for pixels in tqdm(loader, desc="encode images", disable=not progress, unit="batch"):
+        with _autocast(device):
+            feats = image_features(model, pixels.to(device))  # (B, D)
+        chunks.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu())
+    if not chunks:
+        return np.zeros((0, model.config.hidden_size), dtype=np.float32)
+    return torch.cat(chunks).numpy()

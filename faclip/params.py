@@ -1,0 +1,143 @@
+"""params.yaml, parsed once into frozen, validated dataclasses (one per stage's concern).
+
+Training keys are top-level so that `dvc exp run --set-param epochs=5` works as users type it.
+Every bad value is a one-line FaclipError naming the key and what is allowed.
+"""
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from faclip.errors import FaclipError
+
+TINY = "tiny"
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise FaclipError(f"params.yaml: {key}={value!r} is invalid; {allowed}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass(frozen=True)
+class DataParams:
+    root: str = "data/sample"
+    test_fraction: float = 0.2
+
+    def __post_init__(self):
+        _check(isinstance(self.root, str) and self.root.strip() != "", "data.root", self.root,
+               "give the folder of raw JSON files and images, e.g. data/sample")
+        _check(_is_number(self.test_fraction) and 0 < self.test_fraction < 1, "data.test_fraction",
+               self.test_fraction, "use a number strictly between 0 and 1, e.g. 0.2")
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    text: str = TINY
+    vision: str = TINY
+
+    def __post_init__(self):
+        for key, value in (("model.text", self.text), ("model.vision", self.vision)):
+            _check(isinstance(value, str) and value.strip() != "", key, value,
+                   "use 'tiny', a Hugging Face hub id, or a local model folder")
+
+
+@dataclass(frozen=True)
+class TrainParams:
+    epochs: int = 10
+    batch_size: int = 32
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    max_text_len: int = 128
+    seed: int = 42
+
+    def __post_init__(self):
+        _check(_is_int(self.epochs) and self.epochs >= 0, "epochs", self.epochs,
+               "use a whole number >= 0 (0 keeps the base text model)")
+        _check(_is_int(self.batch_size) and self.batch_size >= 2, "batch_size", self.batch_size,
+               "use a whole number >= 2 (a contrastive batch needs negatives)")
+        _check(_is_number(self.learning_rate) and self.learning_rate > 0, "learning_rate",
+               self.learning_rate, "use a number > 0, e.g. 5e-4")
+        _check(_is_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay",
+               self.weight_decay, "use a number >= 0, e.g. 0.01")
+        _check(_is_int(self.warmup_steps) and self.warmup_steps >= 0, "warmup_steps",
+               self.warmup_steps, "use a whole number >= 0")
+        _check(_is_int(self.max_text_len) and 8 <= self.max_text_len <= 512, "max_text_len",
+               self.max_text_len, "use a whole number from 8 to 512")
+        _check(_is_int(self.seed) and self.seed >= 0, "seed", self.seed, "use a whole number >= 0")
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    factory: str = "Flat"
+
+    def __post_init__(self):
+        _check(isinstance(self.factory, str) and self.factory.strip() != "", "index.factory",
+               self.factory, "use a FAISS index_factory string such as Flat, HNSW32 or IVF64,Flat")
+
+
+@dataclass(frozen=True)
+class EvalParams:
+    k: tuple[int, ...] = (1, 5, 10)
+
+    def __post_init__(self):
+        ok = isinstance(self.k, (list, tuple)) and len(self.k) > 0 and all(_is_int(k) and k >= 1 for k in self.k)
+        _check(ok, "eval.k", self.k, "use a non-empty list of whole numbers >= 1, e.g. [1, 5, 10]")
+        object.__setattr__(self, "k", tuple(sorted(set(self.k))))
+
+
+@dataclass(frozen=True)
+class Params:
+    data: DataParams
+    model: ModelParams
+    train: TrainParams
+    index: IndexParams
+    eval: EvalParams
+
+
+SECTIONS = {"data": DataParams, "model": ModelParams, "index": IndexParams, "eval": EvalParams}
+
+
+def _build(cls, values: dict, where: str):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise FaclipError(f"params.yaml: unknown key {where}{unknown[0]!r}; known keys are {sorted(known)}")
+    return cls(**values)
+
+
+def parse_params(raw: dict) -> Params:
+    """Validate a params mapping (as read from params.yaml) into Params."""
+    if not isinstance(raw, dict):
+        raise FaclipError("params.yaml must be a mapping of keys to values; see the README for the schema")
+    top = {k: v for k, v in raw.items() if k not in SECTIONS}
+    sections = {}
+    for name, cls in SECTIONS.items():
+        values = raw.get(name) or {}
+        if not isinstance(values, dict):
+            raise FaclipError(f"params.yaml: {name} must be a mapping, got {values!r}")
+        sections[name] = _build(cls, values, f"{name}.")
+    return Params(train=_build(TrainParams, top, ""), **sections)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml."""
+    path = Path(path)
+    if not path.is_file():
+        raise FaclipError(f"{path} not found; run from the repository root, where params.yaml lives")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise FaclipError(f"{path} is not valid YAML ({str(err).splitlines()[0]}); fix the syntax") from None
+    return parse_params(raw)
