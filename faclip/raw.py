@@ -1,0 +1,248 @@
+"""Reading the raw layout: JSON records + images under data.root -> docstore, pairs, and a skip report.
+
+A JSON file is one object, a list of objects, or JSON Lines; a record is
+`{"title", "response", "image_path"}` with the image path relative to the JSON file's folder.
+Every bad record is skipped, counted by reason and named (file, position, detail); nothing bad
+reaches the outputs, and nothing good is silently changed.
+"""
+
+import hashlib
+import io
+import json
+import logging
+import os
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
+
+from faclip.errors import FaclipError
+from faclip.text import food_id_for, passage_id_for
+
+logger = logging.getLogger(__name__)
+
+# An image whose header claims more pixels than this is skipped unopened (decompression bomb).
+MAX_IMAGE_PIXELS = 64_000_000
+LOGGED_PER_REASON = 20
+
+LAYOUT_HINT = (
+    "expected folders (any depth) of images and *.json files, each record "
+    '{"title": ..., "response": ..., "image_path": path relative to the JSON file}'
+)
+
+DOCSTORE_COLUMNS = ["id", "food_id", "title", "passage_text"]
+PAIRS_COLUMNS = ["image_path", "image_sha256", "passage_id", "food_id", "split"]
+SKIP_COLUMNS = ["reason", "source", "position", "detail"]
+
+
+@dataclass
+class Skips:
+    """Skipped records, by reason, with where each came from."""
+
+    rows: list = field(default_factory=list)
+
+    def add(self, reason: str, source: str, position: str = "", detail: str = "") -> None:
+        self.rows.append((reason, source, position, detail))
+        if sum(1 for r in self.rows if r[0] == reason) <= LOGGED_PER_REASON:
+            logger.warning("skipped (%s) %s%s%s", reason, source, f" [{position}]" if position else "",
+                           f": {detail}" if detail else "")
+
+    def counts(self) -> dict[str, int]:
+        return dict(sorted(Counter(r[0] for r in self.rows).items()))
+
+    def to_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=SKIP_COLUMNS)
+
+
+@dataclass
+class Prepared:
+    docstore: pd.DataFrame
+    pairs: pd.DataFrame
+    skips: Skips
+    stats: dict
+
+
+def find_json_files(root: Path) -> list[Path]:
+    """Every *.json file under root, in a sorted, machine-independent order."""
+    files = [Path(d) / f for d, _, names in os.walk(root, followlinks=False) for f in names
+             if f.lower().endswith(".json")]
+    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+
+
+def read_json_objects(path: Path, source: str, skips: Skips) -> list[tuple[str, object]]:
+    """(position, item) for each item of a JSON object / list / JSON Lines file; bad files and lines are skipped."""
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        skips.add("non_utf8_file", source, detail=f"byte {err.start}; save the file as UTF-8")
+        return []
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as err:
+        lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+        parsed = []
+        for n, line in lines:
+            try:
+                parsed.append((n, json.loads(line)))
+            except json.JSONDecodeError:
+                parsed.append((n, None))
+        if len(lines) < 2 or not any(isinstance(obj, dict) for _, obj in parsed):
+            skips.add("malformed_json_file", source, detail=f"line {err.lineno}: {err.msg}")
+            return []
+        items = []
+        for n, obj in parsed:  # JSON Lines: each line stands alone
+            if obj is None:
+                skips.add("malformed_json_line", source, f"line {n}")
+            else:
+                items.append((f"line {n}", obj))
+        return items
+    if isinstance(document, list):
+        return [(f"item {i}", obj) for i, obj in enumerate(document)]
+    return [("object", document)]
+
+
+def _text_field(record: dict, key: str) -> str | None:
+    value = record.get(key)
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def resolve_image(root: Path, json_dir: Path, image_path: str) -> Path | None:
+    """The image's path under root, or None if it points outside (absolute, `..`, or a symlink out)."""
+    if os.path.isabs(image_path) or image_path.startswith(("\\", "~")):
+        return None
+    candidate = Path(os.path.normpath(json_dir / image_path))
+    try:
+        candidate.resolve().relative_to(root.resolve())
+        candidate.relative_to(root)
+    except ValueError:
+        return None
+    return candidate
+
+
+def check_image(path: str) -> tuple[str, str | None, str]:
+    """(path, sha256 or None, reason/detail): hash the file and decode it fully, refusing bombs from the header."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        return path, None, f"image_unreadable: {err.strerror}"
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            width, height = image.size  # from the header; nothing decoded yet
+            if width * height > MAX_IMAGE_PIXELS:
+                return path, None, f"image_too_large: {width}x{height} pixels (limit {MAX_IMAGE_PIXELS})"
+            image.load()  # full decode: catches truncated and corrupt files
+    except Image.DecompressionBombError as err:
+        return path, None, f"image_too_large: {err}"
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
+        return path, None, f"image_corrupt: {err}"
+    return path, hashlib.sha256(data).hexdigest(), ""
+
+
+def check_images(paths: list[str], workers: int) -> dict[str, tuple[str | None, str]]:
+    """Hash and verify images, in parallel worker processes when there are many."""
+    if workers > 1 and len(paths) >= 256:
+        with ProcessPoolExecutor(workers) as pool:
+            results = list(tqdm(pool.map(check_image, paths, chunksize=64), total=len(paths),
+                                desc="verify images", unit="img"))
+    else:
+        results = [check_image(p) for p in tqdm(paths, desc="verify images", unit="img")]
+    return {path: (sha, reason) for path, sha, reason in results}
+
+
+def split_images(image_food: pd.DataFrame, test_fraction: float) -> dict[str, str]:
+    """image_sha256 -> 'train'|'test', from the image's own hash, so a split never moves when data is added.
+
+    A dish with 2+ images gets at least one in each split: if the hash put all of them on one side,
+    its lowest-scoring image goes to test (or its highest to train).
+    """
+    score = {sha: int(sha[:16], 16) / 2**64 for sha in image_food["image_sha256"].unique()}
+    split = {sha: "test" if s < test_fraction else "train" for sha, s in score.items()}
+    for _, shas in sorted(image_food.groupby("food_id")["image_sha256"]):
+        ranked = sorted(set(shas), key=lambda sha: (score[sha], sha))
+        if len(ranked) < 2:
+            continue
+        if all(split[sha] == "train" for sha in ranked):
+            split[ranked[0]] = "test"
+        elif all(split[sha] == "test" for sha in ranked):
+            split[ranked[-1]] = "train"
+    return split
+
+
+def prepare_dataset(root: str | Path, test_fraction: float, workers: int | None = None) -> Prepared:
+    """Scan root and build the docstore, the (image, passage) pairs with their split, skips and stats."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FaclipError(f"data root {root} does not exist or is not a folder; set data.root in params.yaml ({LAYOUT_HINT})")
+    skips = Skips()
+    records = []  # (source, position, title, response, image path under root)
+    items_seen = 0
+    json_files = find_json_files(root)
+    for path in tqdm(json_files, desc="read json", unit="file"):
+        source = path.relative_to(root).as_posix()
+        for position, item in read_json_objects(path, source, skips):
+            items_seen += 1
+            if not isinstance(item, dict):
+                skips.add("not_an_object", source, position, f"got {type(item).__name__}")
+                continue
+            title, response = _text_field(item, "title"), _text_field(item, "response")
+            image_path = item.get("image_path")
+            if title is None:
+                skips.add("missing_title", source, position)
+            elif response is None:
+                skips.add("missing_response", source, position)
+            elif not isinstance(image_path, str) or not image_path.strip():
+                skips.add("missing_image_path", source, position)
+            elif (image := resolve_image(root, path.parent, image_path.strip())) is None:
+                skips.add("image_outside_root", source, position, image_path)
+            elif not image.is_file():
+                skips.add("image_missing", source, position, image_path)
+            else:
+                records.append((source, position, title, response, image))
+
+    checked = check_images(sorted({str(r[4]) for r in records}), workers or min(4, os.cpu_count() or 1))
+    rows, passages = [], {}
+    for source, position, title, response, image in records:
+        sha, problem = checked[str(image)]
+        if sha is None:
+            reason, _, detail = problem.partition(": ")
+            skips.add(reason, source, position, f"{image.relative_to(root).as_posix()}: {detail}")
+            continue
+        passage_id, food_id = passage_id_for(response), food_id_for(title)
+        passages.setdefault(passage_id, (passage_id, food_id, title, response))
+        rows.append((image.relative_to(root).as_posix(), sha, passage_id, food_id))
+
+    if not rows:
+        raise FaclipError(f"no valid (image, passage) pairs found under {root} ({len(json_files)} JSON files, "
+                          f"{len(skips.rows)} records skipped, see the log); {LAYOUT_HINT}")
+    pairs = pd.DataFrame(rows, columns=PAIRS_COLUMNS[:-1])
+    seen = len(pairs)
+    pairs = pairs.drop_duplicates(["image_sha256", "passage_id"], keep="first")
+    duplicates = seen - len(pairs)
+    split = split_images(pairs[["image_sha256", "food_id"]], test_fraction)
+    pairs["split"] = pairs["image_sha256"].map(split)
+    pairs = pairs.sort_values(["image_path", "passage_id"], ignore_index=True)
+    docstore = pd.DataFrame(sorted(passages.values()), columns=DOCSTORE_COLUMNS)
+
+    images = pairs.drop_duplicates("image_sha256")
+    dishes_per_passage = pairs.groupby("passage_id")["food_id"].nunique()
+    stats = {
+        "json_files": len(json_files),
+        "records_seen": items_seen,
+        "pairs": len(pairs),
+        "duplicate_pairs": duplicates,
+        "passages": len(docstore),
+        "passages_in_several_dishes": int((dishes_per_passage > 1).sum()),
+        "dishes": int(pairs["food_id"].nunique()),
+        "images": len(images),
+        "train_images": int((images["split"] == "train").sum()),
+        "test_images": int((images["split"] == "test").sum()),
+        "train_pairs": int((pairs["split"] == "train").sum()),
+        "test_pairs": int((pairs["split"] == "test").sum()),
+        "skipped": skips.counts(),
+        "skipped_total": len(skips.rows),
+    }
+    return Prepared(docstore=docstore, pairs=pairs, skips=skips, stats=stats)

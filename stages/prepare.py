@@ -1,0 +1,48 @@
+"""prepare: raw JSON records + images under data.root -> docstore, training pairs, skip report, counts.
+
+Outputs: --docstore (parquet, one row per unique passage), --pairs (csv, one row per image/passage
+with its train/test split), --skips (csv, every skipped record with its reason), --metrics (json).
+Params: data.root, data.test_fraction.
+"""
+
+import argparse
+import logging
+
+from faclip.errors import run_main
+from faclip.files import atomic_path, write_json
+from faclip.params import load_params
+from faclip.raw import prepare_dataset
+
+logger = logging.getLogger("prepare")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--docstore", required=True)
+    parser.add_argument("--pairs", required=True)
+    parser.add_argument("--skips", required=True)
+    parser.add_argument("--metrics", required=True)
+    args = parser.parse_args(argv)
+
+    # 1. params
+    params = load_params().data
+
+    # 2. scan, validate, normalise, dedupe, split
+    prepared = prepare_dataset(params.root, test_fraction=params.test_fraction)
+
+    # 3. write outputs atomically
+    with atomic_path(args.docstore) as tmp:
+        prepared.docstore.to_parquet(tmp, index=False)
+    with atomic_path(args.pairs) as tmp:
+        prepared.pairs.to_csv(tmp, index=False, lineterminator="\n")
+    with atomic_path(args.skips) as tmp:
+        prepared.skips.to_frame().to_csv(tmp, index=False, lineterminator="\n")
+    write_json(args.metrics, prepared.stats)
+    stats = prepared.stats
+    logger.info("%d pairs, %d passages, %d dishes, %d/%d train/test images; %d records skipped %s",
+                stats["pairs"], stats["passages"], stats["dishes"], stats["train_images"],
+                stats["test_images"], stats["skipped_total"], stats["skipped"] or "")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,49 @@
+"""Temp copies of this repository for end-to-end tests that run the real `dvc` commands."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+GIT_ENV = {"GIT_AUTHOR_NAME": "faclip-tests", "GIT_AUTHOR_EMAIL": "tests@faclip.invalid",
+           "GIT_COMMITTER_NAME": "faclip-tests", "GIT_COMMITTER_EMAIL": "tests@faclip.invalid"}
+
+
+def tool_env() -> dict:
+    """Environment for dvc/git subprocesses: this interpreter's bin first (dvc.yaml says `python`), offline."""
+    env = dict(os.environ, **GIT_ENV, HF_HUB_OFFLINE="1", DVC_NO_ANALYTICS="1", TOKENIZERS_PARALLELISM="false")
+    env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + env.get("PATH", "")
+    return env
+
+
+def run(cwd: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run a command in cwd; on failure with check, raise with its output."""
+    result = subprocess.run(list(cmd), cwd=cwd, env=tool_env(), capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+def dvc(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run(cwd, sys.executable, "-m", "dvc", *args, check=check)
+
+
+def git(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run(cwd, "git", *args, check=check)
+
+
+def copy_repo(dest: Path) -> Path:
+    """Copy the files git would see (tracked + untracked, not ignored) into a fresh git repo at dest."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
+                           capture_output=True, check=True).stdout.decode().split("\0")
+    for rel in filter(None, files):
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    git(dest, "init", "-q", "-b", "main")
+    git(dest, "add", "-A")
+    git(dest, "commit", "-qm", "copy")
+    return dest
