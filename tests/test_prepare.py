@@ -189,3 +189,16 @@ def test_stage_error_is_one_line_exit_2(tmp_path):
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.startswith("faclip error")]
     assert len(errors) == 1 and "data.root" in errors[0]
+
+
+@pytest.mark.e2e
+def test_dvc_repro_prepare_on_the_sample(tmp_path):
+    from repo_utils import copy_repo, dvc
+
+    repo = copy_repo(tmp_path / "repo")
+    result = dvc(repo, "repro", "prepare")
+    assert "Running stage 'prepare'" in result.stdout
+    stats = json.loads((repo / "metrics/prepare.json").read_text(encoding="utf-8"))
+    assert stats["dishes"] == 24 and stats["skipped_total"] == 0 and stats["test_images"] > 0
+    assert json.loads(dvc(repo, "status", "prepare", "--json").stdout or "{}") == {}
+    assert "didn't change" in dvc(repo, "repro", "prepare").stdout
