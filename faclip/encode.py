@@ -4,6 +4,7 @@
 `encode_texts` / `encode_images` wrap them for inference (no grad, batches, progress bar).
 """
 
+import contextlib
 import io
 import logging
 from pathlib import Path
@@ -30,6 +31,17 @@ def pick_device() -> torch.device:
 def _autocast(device: torch.device):
     # bf16 on GPU halves memory traffic; CPU stays in fp32 (bf16 on CPU is slow and inexact).
     return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+@contextlib.contextmanager
+def _eval_mode(model):
+    # Inference must not leave a model that is being trained in eval mode (dropout off) afterwards.
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
 
 
 def tokenize(tokenizer, texts: Sequence[str], max_len: int, padding: bool = True):
@@ -72,6 +84,9 @@ def load_rgb(source: ImageSource) -> Image.Image:
         name = "image bytes" if isinstance(source, bytes) else str(source)
         raise FaclipError(f"cannot read image {name} ({err}); give a JPEG/PNG/WebP file") from None
     image = ImageOps.exif_transpose(image)
+    if image.mode.startswith("I;16"):
+        # PIL clips 16-bit grey to 0..255 when converting (a mostly white picture): rescale instead.
+        image = Image.fromarray((np.asarray(image, dtype=np.float32) / 257.0).round().astype(np.uint8), "L")
     if image.mode in ("RGBA", "LA", "P", "PA"):
         image = image.convert("RGBA")
         background = Image.new("RGBA", image.size, (255, 255, 255, 255))
@@ -83,17 +98,17 @@ def load_rgb(source: ImageSource) -> Image.Image:
 def encode_texts(model, tokenizer, texts: Sequence[str], *, max_len: int, batch_size: int = 64,
                  progress: bool = False) -> np.ndarray:
     """Encode texts to L2-normalised float32 vectors (N, D), in input order."""
-    model.eval()
     device = next(model.parameters()).device
     # Longest first keeps padding per batch small; results go back to input order.
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
     chunks = []
-    for start in tqdm(range(0, len(order), batch_size), desc="encode texts", disable=not progress,
-                      unit="batch"):
-        batch = tokenize(tokenizer, [texts[i] for i in order[start:start + batch_size]], max_len).to(device)
-        with _autocast(device):
-            feats = text_features(model, batch["input_ids"], batch["attention_mask"])  # (B, D)
-        chunks.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu())
+    with _eval_mode(model):
+        for start in tqdm(range(0, len(order), batch_size), desc="encode texts", disable=not progress,
+                          unit="batch"):
+            batch = tokenize(tokenizer, [texts[i] for i in order[start:start + batch_size]], max_len).to(device)
+            with _autocast(device):
+                feats = text_features(model, batch["input_ids"], batch["attention_mask"])  # (B, D)
+            chunks.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu())
     if not chunks:
         return np.zeros((0, model.config.hidden_size), dtype=np.float32)
     vectors = torch.cat(chunks).numpy()
@@ -121,17 +136,21 @@ class _ImageDataset(torch.utils.data.Dataset):
 def encode_images(model, processor, sources: Sequence[ImageSource], *, batch_size: int = 32,
                   num_workers: int = 0, progress: bool = False) -> np.ndarray:
     """Encode images to L2-normalised float32 vectors (N, D), in input order."""
-    model.eval()
     device = next(model.parameters()).device
     loader = torch.utils.data.DataLoader(
         _ImageDataset(sources, processor), batch_size=batch_size, num_workers=num_workers,
         pin_memory=device.type == "cuda",
     )
     chunks = []
-    for pixels in tqdm(loader, desc="encode images", disable=not progress, unit="batch"):
-        with _autocast(device):
-            feats = image_features(model, pixels.to(device))  # (B, D)
-        chunks.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu())
+    with _eval_mode(model):
+        try:
+            for pixels in tqdm(loader, desc="encode images", disable=not progress, unit="batch"):
+                with _autocast(device):
+                    feats = image_features(model, pixels.to(device))  # (B, D)
+                chunks.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu())
+        except FaclipError as err:
+            # A worker's error arrives wrapped in its traceback text: keep the one-line message.
+            raise FaclipError(str(err).strip().splitlines()[-1].split("FaclipError: ", 1)[-1]) from None
     if not chunks:
         return np.zeros((0, model.config.hidden_size), dtype=np.float32)
     return torch.cat(chunks).numpy()

@@ -64,3 +64,18 @@ def make_raw_dataset(root: Path, n_dishes: int = 4, images_per_dish: int = 4) ->
 def raw_root(tmp_path) -> Path:
     """A small valid raw dataset: 4 dishes x 4 images x 2 passages."""
     return make_raw_dataset(tmp_path / "raw")
+
+
+def dishes_corpus() -> list[str]:
+    """Titles and passages of DISHES: the tokenizer corpus of the tiny test models."""
+    return [title for title, _ in DISHES] + [p for _, passages in DISHES for p in passages]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory) -> tuple[Path, Path]:
+    """(text_dir, vision_dir): saved tiny base models (width 128), built once per test session."""
+    from faclip.models import materialise_base
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    materialise_base("tiny", "tiny", dishes_corpus, root / "text", root / "vision")
+    return root / "text", root / "vision"

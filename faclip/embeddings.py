@@ -1,0 +1,140 @@
+"""Frozen image embeddings: one vector per distinct image, keyed by image_sha256.
+
+On disk (`data/image_embeddings/`, and each cache folder): `embeddings.npy` float32 (N, D),
+L2-normalised, rows in the order of `image_sha256.txt` (sorted hex shas, one a line), and
+`manifest.json` {"vision_sha256", "dim", "count"}. The cache, `cache_dir/<vision_sha256>/`, has the
+same layout and grows run by run, so adding images to the data encodes only the new ones.
+"""
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from faclip.encode import encode_images, pick_device
+from faclip.errors import FaclipError
+from faclip.files import atomic_dir, sha256_dir, write_json, write_text
+from faclip.models import load_vision_model, require_model_folder
+
+logger = logging.getLogger(__name__)
+
+VECTORS = "embeddings.npy"
+SHAS = "image_sha256.txt"
+MANIFEST = "manifest.json"
+MIN_IMAGES_FOR_WORKERS = 128  # below this, starting worker processes costs more than it saves
+
+
+@dataclass(frozen=True)
+class ImageEmbeddings:
+    """Image vectors (N, D) with their image_sha256 (sorted) and the vision model they came from."""
+
+    image_sha256: list[str]
+    vectors: np.ndarray
+    vision_sha256: str
+    _row: dict[str, int] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        assert self.vectors.ndim == 2 and len(self.vectors) == len(self.image_sha256)
+        assert self.image_sha256 == sorted(set(self.image_sha256)), "image_sha256 must be sorted and unique"
+        object.__setattr__(self, "_row", {sha: i for i, sha in enumerate(self.image_sha256)})
+
+    @property
+    def dim(self) -> int:
+        return self.vectors.shape[1]
+
+    def __contains__(self, sha: str) -> bool:
+        return sha in self._row
+
+    def lookup(self, shas) -> np.ndarray:
+        """Vectors (len(shas), D) for the given image_sha256, in that order."""
+        missing = [sha for sha in shas if sha not in self._row]
+        if missing:
+            raise FaclipError(f"image {missing[0]} ({len(missing)} in all) has no embedding for this vision "
+                              f"model; run `dvc repro embed` after `prepare`")
+        return self.vectors[[self._row[sha] for sha in shas]].reshape(len(shas), self.dim)
+
+    def subset(self, shas) -> "ImageEmbeddings":
+        """The embeddings of `shas` only (sorted)."""
+        shas = sorted(set(shas))
+        return ImageEmbeddings(shas, self.lookup(shas), self.vision_sha256)
+
+
+def save_image_embeddings(path: str | Path, embeddings: ImageEmbeddings) -> None:
+    """Write the folder (vectors, sorted shas, manifest) atomically; byte-identical for equal inputs."""
+    with atomic_dir(path) as tmp:
+        np.save(tmp / VECTORS, np.ascontiguousarray(embeddings.vectors, dtype=np.float32), allow_pickle=False)
+        write_text(tmp / SHAS, "".join(f"{sha}\n" for sha in embeddings.image_sha256))
+        write_json(tmp / MANIFEST, {"vision_sha256": embeddings.vision_sha256, "dim": embeddings.dim,
+                                    "count": len(embeddings.image_sha256)})
+
+
+def load_image_embeddings(path: str | Path) -> ImageEmbeddings:
+    """Load a folder written by `save_image_embeddings` (milliseconds: one .npy and two small files)."""
+    path = Path(path)
+    if not (path / MANIFEST).is_file():
+        raise FaclipError(f"no image embeddings at {path}; run `dvc repro embed` to create them")
+    manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    shas = (path / SHAS).read_text(encoding="utf-8").split()
+    vectors = np.load(path / VECTORS, allow_pickle=False)
+    if vectors.shape != (manifest["count"], manifest["dim"]) or len(shas) != manifest["count"]:
+        raise FaclipError(f"image embeddings at {path} are inconsistent ({vectors.shape} vectors, "
+                          f"{len(shas)} shas, manifest {manifest}); delete the folder and rerun `dvc repro embed`")
+    return ImageEmbeddings(shas, vectors, manifest["vision_sha256"])
+
+
+def _distinct_images(pairs: pd.DataFrame, data_root: Path) -> dict[str, Path]:
+    """image_sha256 -> file under data_root (the first path listed), checking every file exists."""
+    for column in ("image_path", "image_sha256"):
+        if column not in pairs.columns:
+            raise FaclipError(f"training pairs have no {column!r} column (columns: {list(pairs.columns)}); "
+                              f"rerun `dvc repro prepare`")
+    if pairs.empty:
+        raise FaclipError("the training pairs list no images; check data.root and rerun `dvc repro prepare`")
+    first = pairs.drop_duplicates("image_sha256").sort_values("image_sha256")
+    images = {sha: data_root / rel for sha, rel in zip(first["image_sha256"], first["image_path"])}
+    missing = [str(p) for p in images.values() if not p.is_file()]
+    if missing:
+        raise FaclipError(f"{len(missing)} image(s) listed in the training pairs are missing, e.g. {missing[0]}; "
+                          f"check data.root or rerun `dvc repro prepare`")
+    return images
+
+
+def _load_cache(folder: Path, vision_sha256: str) -> ImageEmbeddings | None:
+    if not (folder / MANIFEST).is_file():
+        return None
+    cached = load_image_embeddings(folder)
+    assert cached.vision_sha256 == vision_sha256, f"cache {folder} holds another model's vectors"
+    return cached
+
+
+def embed_images(pairs: pd.DataFrame, data_root: str | Path, vision_dir: str | Path, cache_dir: str | Path, *,
+                 batch_size: int = 32, num_workers: int | None = None,
+                 device: str | None = None) -> tuple[ImageEmbeddings, int]:
+    """Embed each distinct image of `pairs` once, reusing cached vectors; return (embeddings, number encoded).
+
+    Vectors are cached by (vision model folder hash, image sha256) under `cache_dir/<vision_sha256>/`,
+    merged and rewritten atomically each run, so a rerun after adding images encodes only those.
+    """
+    images = _distinct_images(pairs, Path(data_root))
+    vision_sha256 = sha256_dir(require_model_folder(vision_dir))
+    cache_folder = Path(cache_dir) / vision_sha256
+    cached = _load_cache(cache_folder, vision_sha256)
+    todo = [sha for sha in images if cached is None or sha not in cached]
+    if todo:
+        logger.info("encoding %d of %d distinct images (the others are cached)", len(todo), len(images))
+        model, processor = load_vision_model(vision_dir, device=device or pick_device())
+        if num_workers is None:
+            num_workers = min(2, os.cpu_count() or 1) if len(todo) >= MIN_IMAGES_FOR_WORKERS else 0
+        vectors = encode_images(model, processor, [images[sha] for sha in todo], batch_size=batch_size,
+                                num_workers=num_workers, progress=True)  # (len(todo), D)
+        merged = dict(zip(todo, vectors))
+        if cached is not None:
+            merged.update(zip(cached.image_sha256, cached.vectors))
+        shas = sorted(merged)
+        cached = ImageEmbeddings(shas, np.stack([merged[sha] for sha in shas]), vision_sha256)
+        save_image_embeddings(cache_folder, cached)
+    return cached.subset(images), len(todo)
