@@ -1,0 +1,95 @@
+"""Retrieval metrics as pure functions over numpy arrays, returning flat dicts (open_clip style).
+
+Definitions (the CLIP convention; a query may have several relevant items):
+- recall@k: share of queries with ANY relevant item among their top k.
+- mrr: mean over queries of 1 / rank of the first relevant item (ranks start at 1; 0 when no
+  relevant item is in the ranking, e.g. beyond the depth an index was searched to).
+- ndcg@10: binary relevance, DCG@10 = sum over ranks i <= 10 of rel_i / log2(i + 1), divided by the
+  ideal DCG, i.e. the DCG of min(#relevant, 10) relevant items in the first ranks.
+Every metric is a mean over queries, so it lies in [0, 1]; each query needs >= 1 relevant item.
+
+Ties: from a score matrix, ties are broken pessimistically: among equal scores, irrelevant items rank
+before relevant ones (then item order), so a degenerate encoder that scores everything alike gets 0,
+never a lucky 1. A ranking from an index (FAISS ids) is taken in the order the index returned.
+"""
+
+import math
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+
+NDCG_AT = 10
+
+
+def relevance_from_labels(query_labels: Sequence, item_labels: Sequence) -> np.ndarray:
+    """Relevance matrix (Q, N): item n is relevant to query q when their labels are equal."""
+    query_labels, item_labels = np.asarray(query_labels), np.asarray(item_labels)
+    return query_labels[:, None] == item_labels[None, :]
+
+
+def rank_by_scores(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
+    """Relevance of each query's items in rank order (Q, N), best score first, ties pessimistic."""
+    scores, relevant = np.asarray(scores), np.asarray(relevant, dtype=bool)
+    if scores.shape != relevant.shape or scores.ndim != 2:
+        raise ValueError(f"scores {scores.shape} and relevant {relevant.shape} must be the same (Q, N) shape")
+    # lexsort: last key is primary; it is stable, so equal (score, relevance) keep item order.
+    order = np.lexsort((relevant, -scores), axis=-1)  # (Q, N)
+    return np.take_along_axis(relevant, order, axis=-1)
+
+
+def hits_from_ids(ranked_ids: np.ndarray, is_relevant: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+    """Relevance in rank order (Q, K) from ranked item ids (FAISS labels; -1 = no result).
+
+    `is_relevant(query_idx (Q, 1), item_ids (Q, K)) -> bool (Q, K)` is vectorised over its broadcast inputs.
+    """
+    ranked_ids = np.asarray(ranked_ids)
+    found = ranked_ids >= 0
+    queries = np.arange(len(ranked_ids))[:, None]  # (Q, 1)
+    return np.asarray(is_relevant(queries, np.where(found, ranked_ids, 0)), dtype=bool) & found
+
+
+def metrics_from_hits(hits: np.ndarray, n_relevant: np.ndarray, ks: Iterable[int] = (1, 5, 10),
+                      ndcg: bool = True) -> dict[str, float]:
+    """recall@k for each k, mrr and (when `ndcg`) ndcg@10 from ranked relevance (Q, K) and #relevant (Q,)."""
+    hits = np.asarray(hits, dtype=bool)
+    n_relevant = np.asarray(n_relevant)
+    if hits.ndim != 2 or n_relevant.shape != (hits.shape[0],):
+        raise ValueError(f"hits must be (Q, K) and n_relevant (Q,); got {hits.shape} and {n_relevant.shape}")
+    if hits.shape[0] == 0:
+        raise ValueError("no queries to score")
+    if (n_relevant < 1).any():
+        raise ValueError("every query needs at least one relevant item; drop the others first")
+    out = {f"recall@{k}": float(hits[:, :k].any(axis=1).mean()) for k in sorted(set(ks))}
+    first = hits.argmax(axis=1)  # index of the first hit (0 when there is none: masked below)
+    out["mrr"] = float(np.where(hits.any(axis=1), 1.0 / (first + 1), 0.0).mean())
+    if ndcg:
+        out[f"ndcg@{NDCG_AT}"] = float(ndcg_at(hits, n_relevant, NDCG_AT).mean())
+    return out
+
+
+def ndcg_at(hits: np.ndarray, n_relevant: np.ndarray, k: int = NDCG_AT) -> np.ndarray:
+    """Per-query nDCG@k (Q,) with binary relevance."""
+    discounts = 1.0 / np.log2(np.arange(2, k + 2))  # (k,): rank i -> 1 / log2(i + 1)
+    top = hits[:, :k].astype(np.float64)
+    dcg = top @ discounts[: top.shape[1]]
+    ideal = np.cumsum(discounts)[np.minimum(n_relevant, k) - 1]
+    return dcg / ideal
+
+
+def retrieval_metrics(scores: np.ndarray, relevant: np.ndarray, ks: Iterable[int] = (1, 5, 10),
+                      ndcg: bool = True) -> dict[str, float]:
+    """All metrics from a score matrix (Q, N) and a relevance matrix (Q, N) (exact search)."""
+    relevant = np.asarray(relevant, dtype=bool)
+    return metrics_from_hits(rank_by_scores(scores, relevant), relevant.sum(axis=1), ks, ndcg)
+
+
+def recall_at_k(scores: np.ndarray, query_labels: Sequence, item_labels: Sequence, k: int) -> float:
+    """recall@k from a score matrix (Q, N): query q is relevant to the items that share its label."""
+    relevant = relevance_from_labels(query_labels, item_labels)
+    return metrics_from_hits(rank_by_scores(scores, relevant), relevant.sum(axis=1), (k,), ndcg=False)[f"recall@{k}"]
+
+
+def chance_recall_at_k(n_relevant: np.ndarray, n_items: int, k: int) -> float:
+    """Expected recall@k of a random ranking: mean of 1 - C(N - r, k) / C(N, k) over queries."""
+    return float(np.mean([1.0 - math.comb(n_items - r, k) / math.comb(n_items, k) if k <= n_items else 1.0
+                          for r in np.asarray(n_relevant).tolist()]))

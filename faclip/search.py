@@ -1,0 +1,121 @@
+"""Passage retrieval for a photo or a text: the `Retriever` a RAG / VQA system imports, and the search CLI.
+
+    from faclip.search import Retriever
+    retriever = Retriever()                      # models/finetuned, models/base/vision, models/index, docstore
+    for hit in retriever.by_image("kabab.jpg", k=5):
+        print(hit.rank, hit.score, hit.food_id, hit.passage_text)
+
+Image queries are encoded by the frozen base vision model (the one the text model was tuned against),
+text queries by the fine-tuned text model; both are searched in the passage index.
+"""
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from faclip.encode import ImageSource, encode_images, encode_texts, load_rgb, pick_device
+from faclip.errors import FaclipError
+from faclip.files import sha256_dir
+from faclip.index import load_docstore, load_index, search, text_max_len
+from faclip.models import load_text_model, load_vision_model
+from faclip.text import normalize_text
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "models/finetuned"
+DEFAULT_VISION = "models/base/vision"
+DEFAULT_INDEX = "models/index"
+DEFAULT_DOCSTORE = "data/docstore.parquet"
+EMPTY_TEXT = 'the text query is empty; give a few words, e.g. --text "قورمه سبزی"'
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One retrieved passage: 1-based rank, cosine score, and the docstore row."""
+
+    rank: int
+    score: float
+    passage_id: str
+    food_id: str
+    title: str
+    passage_text: str
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class Retriever:
+    """Loads the text model, index and docstore once (the vision model on the first image query)."""
+
+    def __init__(self, model_dir: str | Path = DEFAULT_MODEL, vision_dir: str | Path = DEFAULT_VISION,
+                 index_dir: str | Path = DEFAULT_INDEX, docstore_path: str | Path = DEFAULT_DOCSTORE,
+                 device=None):
+        self.model_dir, self.vision_dir = Path(model_dir), Path(vision_dir)
+        self.device = device or pick_device()
+        docstore = load_docstore(docstore_path)
+        self.index, manifest = load_index(index_dir, model_dir, docstore_path)  # checks the manifest hashes
+        # Row i of the index is manifest passage_ids[i]; the docstore hash matched, so every id is there.
+        self.passages = docstore.set_index("id").loc[manifest["passage_ids"]].reset_index()
+        self.text_model, self.tokenizer = load_text_model(model_dir, device=self.device)
+        self.max_len = text_max_len(model_dir, self.tokenizer, self.text_model)
+        self.info = _read_info(self.model_dir)
+
+    @cached_property
+    def _vision(self):
+        # The text model was tuned against one vision model: another one would give meaningless scores.
+        expected = self.info.get("vision_sha256")
+        if expected and sha256_dir(self.vision_dir) != expected:
+            raise FaclipError(f"{self.model_dir} was trained against another vision model than {self.vision_dir}; "
+                              "run `dvc repro` (base, embed, train, index) so they match")
+        return load_vision_model(self.vision_dir, device=self.device)
+
+    def by_image(self, image: ImageSource, k: int = 5) -> list[Hit]:
+        """The k passages closest to a photo (path, bytes or PIL image)."""
+        image = load_rgb(image)  # an unreadable image fails here, as one line
+        model, processor = self._vision
+        return self._search(encode_images(model, processor, [image]), k)
+
+    def by_text(self, text: str, k: int = 5) -> list[Hit]:
+        """The k passages closest to a text query."""
+        check_text_query(text)
+        return self._search(encode_texts(self.text_model, self.tokenizer, [text], max_len=self.max_len), k)
+
+    def _search(self, query: np.ndarray, k: int) -> list[Hit]:
+        if k < 1:
+            raise FaclipError(f"k={k} is invalid; ask for at least 1 passage")
+        scores, ids = search(self.index, query, k)  # (1, k) each
+        hits = []
+        for score, i in zip(scores[0].tolist(), ids[0].tolist()):
+            if i < 0:  # an approximate index may return fewer than k results
+                continue
+            row = self.passages.iloc[i]
+            hits.append(Hit(rank=len(hits) + 1, score=float(score), passage_id=row["id"], food_id=row["food_id"],
+                            title=row["title"], passage_text=row["passage_text"]))
+        return hits
+
+
+def check_text_query(text) -> None:
+    """A text query must have something left to read after normalisation (not just spaces or ZWNJ)."""
+    if not isinstance(text, str) or not normalize_text(text):
+        raise FaclipError(EMPTY_TEXT)
+
+
+def _read_info(model_dir: Path) -> dict:
+    path = model_dir / "faclip.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def format_hits(hits: list[Hit], as_json: bool = False) -> str:
+    """Hits as text (rank, score, food_id, title, then the passage) or as a JSON list."""
+    if as_json:
+        return json.dumps([hit.to_dict() for hit in hits], ensure_ascii=False, indent=2)
+    lines = []
+    for hit in hits:
+        lines.append(f"{hit.rank}. {hit.score:.4f}  {hit.food_id}  |  {hit.title}")
+        lines.append(f"   {hit.passage_text}")
+    return "\n".join(lines)

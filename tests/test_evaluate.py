@@ -1,0 +1,215 @@
+"""The evaluate stage: 1.0 for a perfect encoder, chance for a random one, relevance by dish, the outputs."""
+
+import hashlib
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from test_search import write_docstore
+
+from faclip.embeddings import ImageEmbeddings, save_image_embeddings
+from faclip.errors import FaclipError
+from faclip.evaluate import (EvalSet, chance_metrics, check_vision, evaluate_encoder, gain, load_test_set,
+                             per_dish_recall_at_1)
+from faclip.index import build_index, build_passage_index
+
+KS = (1, 5, 10)
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def synthetic(n_dishes: int, passages_per_dish: int, images_per_dish: int, dim: int, seed: int = 0):
+    """A EvalSet of one-dish images, and the passage dish of each row: vectors are filled in by each test."""
+    rng = np.random.default_rng(seed)
+    passage_dish = np.repeat(np.arange(n_dishes), passages_per_dish)
+    image_dish = np.repeat(np.arange(n_dishes), images_per_dish)
+    test = EvalSet(dishes=[f"dish{d}" for d in range(n_dishes)],
+                   image_sha256=[f"{i:064x}" for i in range(len(image_dish))],
+                   image_emb=unit(rng.standard_normal((len(image_dish), dim))),
+                   image_dishes=np.eye(n_dishes, dtype=bool)[image_dish], passage_dish=passage_dish)
+    return test, image_dish, rng
+
+
+def test_a_perfect_encoder_scores_one_everywhere():
+    test, image_dish, _ = synthetic(n_dishes=6, passages_per_dish=3, images_per_dish=4, dim=16)
+    directions = np.eye(16, dtype=np.float32)[:6]  # one direction per dish: same-dish cosine 1, others 0
+    test = EvalSet(**{**test.__dict__, "image_emb": directions[image_dish]})
+    text_emb = directions[test.passage_dish]
+    metrics, hits = evaluate_encoder(test, text_emb, KS, index=build_index(text_emb, "Flat"))
+    for direction in ("image_to_text", "text_to_image"):
+        assert all(value == pytest.approx(1.0) for value in metrics[direction].values()), metrics[direction]
+    assert set(metrics["image_to_text"]) == {"recall@1", "recall@5", "recall@10", "mrr", "ndcg@10"}
+    assert set(metrics["text_to_image"]) == {"recall@1", "recall@5", "recall@10", "mrr"}
+    assert hits[:, :3].all() and not hits[:, 3:].any()  # exactly the dish's 3 passages come first
+
+
+def test_a_random_encoder_scores_chance():
+    test, _, rng = synthetic(n_dishes=10, passages_per_dish=20, images_per_dish=40, dim=64)
+    text_emb = unit(rng.standard_normal((len(test.passage_dish), 64)))
+    metrics, _ = evaluate_encoder(test, text_emb, KS, index=build_index(text_emb, "Flat"))
+    chance = chance_metrics(test, KS)
+    assert chance["image_to_text"]["recall@1"] == pytest.approx(0.1)  # 20 of 200 passages are relevant
+    for direction in ("image_to_text", "text_to_image"):
+        for k in KS:  # 400 image / 200 passage queries: a 3-sigma band is about +-0.065
+            assert abs(metrics[direction][f"recall@{k}"] - chance[direction][f"recall@{k}"]) < 0.07, (direction, k)
+
+
+def test_the_index_path_agrees_with_exact_search():
+    test, _, rng = synthetic(n_dishes=5, passages_per_dish=4, images_per_dish=6, dim=32, seed=3)
+    text_emb = unit(rng.standard_normal((20, 32)))
+    exact, _ = evaluate_encoder(test, text_emb, KS)
+    hnsw, _ = evaluate_encoder(test, text_emb, KS, index=build_index(text_emb, "HNSW16"))
+    assert hnsw == exact
+
+
+def test_queries_searched_in_chunks_give_the_same_result(monkeypatch):
+    import faclip.evaluate
+
+    test, _, rng = synthetic(n_dishes=5, passages_per_dish=4, images_per_dish=6, dim=32, seed=4)
+    text_emb = unit(rng.standard_normal((20, 32)))
+    whole, whole_hits = evaluate_encoder(test, text_emb, KS)
+    monkeypatch.setattr(faclip.evaluate, "QUERY_CHUNK", 7)  # 30 images, 20 passages: several partial chunks
+    chunked, chunked_hits = evaluate_encoder(test, text_emb, KS)
+    assert chunked == whole and (chunked_hits == whole_hits).all()
+
+
+def test_gain_is_finetuned_minus_base_key_by_key():
+    got = gain({"a": {"recall@1": 0.5, "mrr": 0.25}}, {"a": {"recall@1": 0.125, "mrr": 0.5}})
+    assert got == {"a": {"recall@1": 0.375, "mrr": -0.25}}
+
+
+def test_per_dish_recall_counts_an_image_for_each_of_its_dishes():
+    test = EvalSet(dishes=["a", "b", "c"], image_sha256=["1", "2", "3"], image_emb=np.zeros((3, 2), np.float32),
+                   image_dishes=np.array([[1, 0, 0], [1, 1, 0], [0, 1, 0]], dtype=bool), passage_dish=np.array([0, 1, 2]))
+    hits = {"finetuned": np.array([[True], [False], [True]]), "base": np.array([[False], [True], [False]])}
+    table = per_dish_recall_at_1(test, hits)
+    assert table["food_id"].tolist() == ["a", "b"]  # c has no test image
+    assert table["test_images"].tolist() == [2, 2]
+    assert table["finetuned_recall@1"].tolist() == [0.5, 0.5] and table["base_recall@1"].tolist() == [0.5, 0.5]
+
+
+# --- reading the test split ----------------------------------------------------------------------
+
+
+def sha(name: str) -> str:
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
+def fake_pairs(docstore: pd.DataFrame, images_per_dish: int = 3) -> pd.DataFrame:
+    """Each dish: images_per_dish images, each paired with every passage of the dish; the last is train."""
+    rows = []
+    for d, (food_id, group) in enumerate(docstore.groupby("food_id", sort=True)):
+        for i in range(images_per_dish):
+            split = "train" if i == images_per_dish - 1 else "test"
+            for passage_id in group["id"]:
+                rows.append({"image_path": f"dish{d}/{i}.jpg", "image_sha256": sha(f"{d}/{i}"),
+                             "passage_id": passage_id, "food_id": food_id, "split": split})
+    return pd.DataFrame(rows)
+
+
+def fake_embeddings(pairs: pd.DataFrame, dim: int, seed: int = 0, vision_sha256: str = "v" * 64) -> ImageEmbeddings:
+    shas = sorted(set(pairs["image_sha256"]))
+    vectors = unit(np.random.default_rng(seed).standard_normal((len(shas), dim)))
+    return ImageEmbeddings(shas, vectors, vision_sha256)
+
+
+def test_load_test_set_takes_test_images_and_every_dish_they_show(tmp_path, caplog):
+    docstore = write_docstore(tmp_path / "docstore.parquet")
+    pairs = fake_pairs(docstore)
+    shared = pairs[pairs["split"] == "test"].iloc[0]  # pair the first test image with a second dish too
+    other = docstore[docstore["food_id"] != shared["food_id"]].iloc[0]
+    orphan = {"image_path": "x.jpg", "image_sha256": sha("orphan"), "passage_id": other["id"],
+              "food_id": "no such dish", "split": "test"}  # filed under a dish with no docstore passage
+    pairs = pd.concat([pairs, pd.DataFrame([{**shared, "passage_id": other["id"], "food_id": other["food_id"]},
+                                            orphan])])
+    pairs.to_csv(tmp_path / "pairs.csv", index=False)
+    with caplog.at_level(logging.WARNING):
+        test = load_test_set(tmp_path / "pairs.csv", docstore, fake_embeddings(pairs, dim=8))
+    assert "1 test images left out" in caplog.text
+    assert len(test.image_sha256) == 2 * docstore["food_id"].nunique()  # 2 test images per dish, not the orphan
+    assert test.image_sha256 == sorted(test.image_sha256) and sha("orphan") not in test.image_sha256
+    row = test.image_sha256.index(shared["image_sha256"])
+    shown = {test.dishes[c] for c in np.flatnonzero(test.image_dishes[row])}
+    assert shown == {shared["food_id"], other["food_id"]}
+    assert test.image_dishes.sum() == len(test.image_sha256) + 1
+    assert [test.dishes[d] for d in test.passage_dish] == docstore["food_id"].tolist()
+
+
+def test_no_test_images_is_a_one_line_error(tmp_path):
+    docstore = write_docstore(tmp_path / "docstore.parquet")
+    pairs = fake_pairs(docstore).assign(split="train")
+    pairs.to_csv(tmp_path / "pairs.csv", index=False)
+    with pytest.raises(FaclipError, match="no test-split images"):
+        load_test_set(tmp_path / "pairs.csv", docstore, fake_embeddings(pairs, dim=8))
+
+
+def test_image_embeddings_from_another_vision_model_are_refused(tmp_path):
+    (tmp_path / "faclip.json").write_text(json.dumps({"vision_sha256": "a" * 64}))
+    check_vision(tmp_path, ImageEmbeddings(["0" * 64], np.ones((1, 2), np.float32), "a" * 64))  # same: fine
+    with pytest.raises(FaclipError, match="another vision model.*dvc repro train"):
+        check_vision(tmp_path, ImageEmbeddings(["0" * 64], np.ones((1, 2), np.float32), "b" * 64))
+
+
+# --- the stage script ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def stage_inputs(tmp_path, tiny_model_dirs, monkeypatch):
+    """Docstore, pairs, image embeddings and a Flat index (the tiny base text model as 'finetuned')."""
+    text_dir, _ = tiny_model_dirs
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"eval": {"k": [3, 1]}}))
+    docstore = write_docstore(tmp_path / "docstore.parquet")
+    pairs = fake_pairs(docstore)
+    pairs.to_csv(tmp_path / "pairs.csv", index=False)
+    save_image_embeddings(tmp_path / "image_embeddings", fake_embeddings(pairs, dim=128))
+    build_passage_index(text_dir, tmp_path / "docstore.parquet", tmp_path / "index", factory="Flat", device="cpu")
+    return ["--index", "index", "--model", str(text_dir), "--base-text", str(text_dir), "--docstore",
+            "docstore.parquet", "--pairs", "pairs.csv", "--image-embeddings", "image_embeddings",
+            "--metrics", "metrics/eval.json", "--plots", "metrics/eval_plots"]
+
+
+def load_stage():
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("evaluate_stage", REPO / "stages" / "evaluate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_stage_writes_nested_metrics_and_plot_tables(stage_inputs, tmp_path):
+    load_stage().main(stage_inputs)
+    metrics = json.loads((tmp_path / "metrics/eval.json").read_text())
+    assert set(metrics) == {"finetuned", "base", "gain", "chance", "counts"}
+    assert set(metrics["finetuned"]["image_to_text"]) == {"recall@1", "recall@3", "mrr", "ndcg@10"}
+    assert set(metrics["base"]["text_to_image"]) == {"recall@1", "recall@3", "mrr"}
+    # 'finetuned' and 'base' are the same model here: the index path must equal exact search, gain 0.
+    assert metrics["finetuned"] == metrics["base"]
+    assert all(v == 0 for d in metrics["gain"].values() for v in d.values())
+    assert metrics["counts"] == {"test_images": 8, "passages": 8, "test_dishes": 4}
+    recall = pd.read_csv(tmp_path / "metrics/eval_plots/recall_at_k.csv")
+    assert list(recall.columns) == ["k", "model", "recall"]
+    assert recall[["k", "model"]].values.tolist() == [[1, "finetuned"], [3, "finetuned"], [1, "base"], [3, "base"]]
+    assert recall["recall"].iloc[0] == metrics["finetuned"]["image_to_text"]["recall@1"]
+    per_dish = pd.read_csv(tmp_path / "metrics/eval_plots/per_dish.csv")
+    assert list(per_dish.columns) == ["food_id", "test_images", "finetuned_recall@1", "base_recall@1"]
+    assert len(per_dish) == 4 and (per_dish["test_images"] == 2).all()
+    # per-dish recall@1 averages back to the overall one (every image shows one dish, 2 per dish)
+    assert per_dish["finetuned_recall@1"].mean() == pytest.approx(metrics["finetuned"]["image_to_text"]["recall@1"])
+
+
+def test_stage_refuses_an_index_built_from_another_docstore(stage_inputs, tmp_path):
+    docstore = pd.read_parquet(tmp_path / "docstore.parquet")
+    docstore.loc[0, "passage_text"] += " (ویرایش)"
+    docstore.to_parquet(tmp_path / "docstore.parquet", index=False)
+    with pytest.raises(FaclipError, match="another docstore.*dvc repro index"):
+        load_stage().main(stage_inputs)
+    assert not (tmp_path / "metrics").exists()
