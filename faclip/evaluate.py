@@ -148,7 +148,7 @@ def _rounded(metrics: dict) -> dict:
 @dataclass(frozen=True)
 class EvalResult:
     metrics: dict  # {"finetuned", "base", "gain", "chance", "counts"}
-    recall_at_k: pd.DataFrame  # k, model, recall (image->passage)
+    recall_at_k: pd.DataFrame  # k, finetuned, base: image->passage recall@k
     per_dish: pd.DataFrame  # food_id, test_images, finetuned_recall@1, base_recall@1
 
 
@@ -190,7 +190,8 @@ def run_evaluation(*, index_dir: str | Path, model_dir: str | Path, base_text_di
         "counts": {"test_images": len(test.image_sha256), "passages": len(passages),
                    "test_dishes": int(test.image_dishes.any(axis=0).sum())},
     })
-    recall_rows = pd.DataFrame([{"k": k, "model": model, "recall": metrics[model]["image_to_text"][f"recall@{k}"]}
-                                for model in ("finetuned", "base") for k in ks])
+    # Wide (one column per model) so `dvc plots` draws both curves from one file.
+    recall_rows = pd.DataFrame([{"k": k, **{model: metrics[model]["image_to_text"][f"recall@{k}"]
+                                            for model in ("finetuned", "base")}} for k in ks])
     per_dish = per_dish_recall_at_1(test, image_hits).round(6)
     return EvalResult(metrics=metrics, recall_at_k=recall_rows, per_dish=per_dish)

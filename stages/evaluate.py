@@ -1,7 +1,7 @@
 """evaluate: index + fine-tuned and base text models + test-split image vectors -> retrieval metrics and plots.
 
 Outputs: --metrics json {finetuned, base, gain, chance: {image_to_text, text_to_image: {recall@k, mrr,
-ndcg@10}}, counts}; --plots folder with recall_at_k.csv (k, model, recall) and per_dish.csv
+ndcg@10}}, counts}; --plots folder with recall_at_k.csv (k, finetuned, base) and per_dish.csv
 (food_id, test_images, finetuned_recall@1, base_recall@1), image->passage.
 Params: eval.k.
 """

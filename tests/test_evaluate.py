@@ -196,9 +196,10 @@ def test_stage_writes_nested_metrics_and_plot_tables(stage_inputs, tmp_path):
     assert all(v == 0 for d in metrics["gain"].values() for v in d.values())
     assert metrics["counts"] == {"test_images": 8, "passages": 8, "test_dishes": 4}
     recall = pd.read_csv(tmp_path / "metrics/eval_plots/recall_at_k.csv")
-    assert list(recall.columns) == ["k", "model", "recall"]
-    assert recall[["k", "model"]].values.tolist() == [[1, "finetuned"], [3, "finetuned"], [1, "base"], [3, "base"]]
-    assert recall["recall"].iloc[0] == metrics["finetuned"]["image_to_text"]["recall@1"]
+    assert list(recall.columns) == ["k", "finetuned", "base"]
+    assert recall["k"].tolist() == [1, 3]
+    assert recall["finetuned"].iloc[0] == metrics["finetuned"]["image_to_text"]["recall@1"]
+    assert recall["base"].iloc[1] == metrics["base"]["image_to_text"]["recall@3"]
     per_dish = pd.read_csv(tmp_path / "metrics/eval_plots/per_dish.csv")
     assert list(per_dish.columns) == ["food_id", "test_images", "finetuned_recall@1", "base_recall@1"]
     assert len(per_dish) == 4 and (per_dish["test_images"] == 2).all()

@@ -1,0 +1,242 @@
+"""The DVC workflows users run, on temp copies of this repo: repro, selective reruns, experiments,
+metrics diff, push/pull (local folder and S3 via moto), and content-hash checks across commits."""
+
+import hashlib
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from repo_utils import copy_repo, dvc, git, run, tool_env
+
+pytestmark = pytest.mark.e2e
+
+STAGES = ["prepare", "base", "embed", "train", "index", "evaluate"]
+# Outputs a remote must restore byte for byte (persisted ones included).
+OUTPUTS = ["data/docstore.parquet", "data/training_pairs.csv", "data/prepare_skips.csv", "data/image_embeddings",
+           "data/embed_cache", "models/base/text", "models/base/vision", "models/finetuned", "models/checkpoints",
+           "models/index"]
+FAST = {"epochs": 2}  # the sample trains in seconds at 2 epochs; defaults are exercised by `dvc repro` in README
+
+
+def set_params(repo: Path, **changes) -> None:
+    """Edit params.yaml like a user would (nested keys with dots)."""
+    path = repo / "params.yaml"
+    params = yaml.safe_load(path.read_text(encoding="utf-8"))
+    for key, value in changes.items():
+        *parents, leaf = key.split(".")
+        node = params
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    path.write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False), encoding="utf-8")
+
+
+def ran_stages(output: str) -> set[str]:
+    """Stages `dvc repro` ran (not skipped), from its log lines."""
+    return {s for s in STAGES if f"Running stage '{s}'" in output}
+
+
+def tree_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        digest.update(str(file.relative_to(path.parent)).encode() + file.read_bytes())
+    return digest.hexdigest()
+
+
+def digests(repo: Path) -> dict[str, str]:
+    return {out: tree_digest(repo / out) for out in OUTPUTS}
+
+
+def assert_status_clean(repo: Path) -> None:
+    status = dvc(repo, "status", "--json").stdout
+    assert json.loads(status or "{}") == {}, status
+
+
+@pytest.fixture(scope="session")
+def built_repo(tmp_path_factory) -> Path:
+    """A copy of the repo with the whole pipeline run once (fast params committed), dvc.lock committed."""
+    repo = copy_repo(tmp_path_factory.mktemp("built") / "repo")
+    set_params(repo, **FAST)
+    result = dvc(repo, "repro")
+    assert ran_stages(result.stdout) == set(STAGES), result.stdout
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "pipeline run")
+    return repo
+
+
+@pytest.fixture
+def repo(built_repo, tmp_path) -> Path:
+    """A private copy of the built repo (git history, DVC cache and outputs) to change freely."""
+    dest = tmp_path / "repo"
+    shutil.copytree(built_repo, dest, symlinks=True)
+    return dest
+
+
+def test_repro_writes_everything_and_status_is_clean(repo):
+    for out in OUTPUTS:
+        assert (repo / out).exists(), out
+    eval_metrics = json.loads((repo / "metrics/eval.json").read_text(encoding="utf-8"))
+    assert "recall@1" in eval_metrics["finetuned"]["image_to_text"]
+    assert_status_clean(repo)
+
+
+def test_nothing_changed_runs_nothing_even_after_touching_raw_files(repo):
+    for image in list((repo / "data/sample").rglob("*.jpg"))[:5]:
+        os.utime(image, (time.time() + 100, time.time() + 100))
+    result = dvc(repo, "repro")
+    assert ran_stages(result.stdout) == set(), result.stdout
+
+
+def make_other_vision_model(repo: Path, dest: Path) -> Path:
+    """A second vision model folder: the base one with perturbed weights (a stand-in for another checkpoint)."""
+    script = (
+        "import sys, torch, shutil\n"
+        "from transformers import CLIPVisionModel, CLIPImageProcessor\n"
+        "src, dst = sys.argv[1], sys.argv[2]\n"
+        "model = CLIPVisionModel.from_pretrained(src)\n"
+        "torch.manual_seed(1)\n"
+        "with torch.no_grad():\n"
+        "    for p in model.parameters(): p.add_(0.05 * torch.randn_like(p))\n"
+        "model.save_pretrained(dst)\n"
+        "CLIPImageProcessor.from_pretrained(src).save_pretrained(dst)\n"
+    )
+    run(repo, sys.executable, "-c", script, str(repo / "models/base/vision"), str(dest))
+    return dest
+
+
+@pytest.mark.parametrize("edit, expected", [
+    ({"eval.k": [1, 3]}, {"evaluate"}),
+    ({"index.factory": "HNSW32"}, {"index", "evaluate"}),
+    ({"epochs": 3}, {"train", "index", "evaluate"}),
+    ({"learning_rate": 0.001}, {"train", "index", "evaluate"}),
+    ({"model.vision": "OTHER_VISION"}, {"base", "embed", "train", "index", "evaluate"}),
+    ({"data.test_fraction": 0.3}, {"prepare", "embed", "train", "index", "evaluate"}),
+], ids=["eval", "index", "epochs", "learning_rate", "model.vision", "data.test_fraction"])
+def test_param_edit_reruns_only_affected_stages(repo, tmp_path, edit, expected):
+    if edit.get("model.vision") == "OTHER_VISION":
+        edit = {"model.vision": str(make_other_vision_model(repo, tmp_path / "vision2"))}
+    set_params(repo, **edit)
+    result = dvc(repo, "repro")
+    assert ran_stages(result.stdout) == expected, result.stdout
+    assert_status_clean(repo)
+
+
+def test_exp_run_set_param_then_metrics_diff(repo):
+    result = dvc(repo, "exp", "run", "-S", "epochs=3", "-n", "three-epochs")
+    assert "Running stage 'train'" in result.stdout
+    shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)
+    assert "three-epochs" in json.dumps(shown)
+    dvc(repo, "exp", "apply", "three-epochs")
+    diff = json.loads(dvc(repo, "metrics", "diff", "--json").stdout)
+    assert "metrics/train.json" in diff and "epochs" in diff["metrics/train.json"], diff
+    assert diff["metrics/train.json"]["epochs"]["new"] == 3
+    plots = dvc(repo, "plots", "diff", "--json")
+    assert plots.returncode == 0
+
+
+def test_push_pull_local_remote_restores_every_output(repo, tmp_path):
+    remote = tmp_path / "remote"
+    dvc(repo, "remote", "add", "-d", "store", str(remote))
+    dvc(repo, "push")
+    expected = digests(repo)
+    git(repo, "commit", "-qam", "remote")
+    clone = tmp_path / "clone"
+    run(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    dvc(clone, "pull")
+    assert digests(clone) == expected
+    assert_status_clean(clone)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def s3_endpoint():
+    """A moto S3 server on loopback with a bucket `faclip`; dummy credentials in the environment."""
+    pytest.importorskip("moto")
+    pytest.importorskip("dvc_s3")
+    port = free_port()
+    creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **creds})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        import boto3
+        deadline = time.time() + 30
+        while True:
+            try:
+                boto3.client("s3", endpoint_url=url, **{k.lower(): v for k, v in creds.items()
+                                                        if k != "AWS_DEFAULT_REGION"},
+                             region_name="us-east-1").create_bucket(Bucket="faclip")
+                break
+            except Exception:  # server still starting; bounded by the deadline
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.3)
+        old = {k: os.environ.get(k) for k in creds}
+        os.environ.update(creds)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        for k, v in locals().get("old", {}).items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+def test_push_pull_s3_remote(repo, tmp_path, s3_endpoint):
+    dvc(repo, "remote", "add", "-d", "s3store", "s3://faclip/cache")
+    dvc(repo, "remote", "modify", "s3store", "endpointurl", s3_endpoint)
+    dvc(repo, "push")
+    expected = digests(repo)
+    git(repo, "commit", "-qam", "s3 remote")
+    clone = tmp_path / "clone"
+    run(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    dvc(clone, "pull")
+    assert digests(clone) == expected
+    assert_status_clean(clone)
+
+
+def test_unreachable_remote_is_a_clear_error_and_leaves_nothing_half_written(repo, tmp_path):
+    dvc(repo, "remote", "add", "-d", "gone", "s3://faclip/cache")
+    dvc(repo, "remote", "modify", "gone", "endpointurl", f"http://127.0.0.1:{free_port()}")
+    git(repo, "commit", "-qam", "dead remote")
+    clone = tmp_path / "clone"
+    run(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    # One attempt per request: the refusal is immediate; botocore's default retries only add backoff.
+    env_creds = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_MAX_ATTEMPTS": "1"}
+    result = subprocess.run([sys.executable, "-m", "dvc", "pull"], cwd=clone, capture_output=True, text=True,
+                            env={**tool_env(), **env_creds}, timeout=300)
+    assert result.returncode != 0
+    assert "failed to connect to s3" in result.stderr + result.stdout, result.stderr
+    for out in OUTPUTS:
+        assert not (clone / out).exists(), f"{out} exists after a failed pull"
+
+
+def test_old_index_next_to_new_model_is_refused(repo):
+    git(repo, "tag", "v1")
+    set_params(repo, epochs=3)
+    dvc(repo, "repro")
+    git(repo, "commit", "-qam", "three epochs")
+    # Bring back v1's index next to the v2 model, as `dvc pull`/`checkout` of an old commit would.
+    git(repo, "checkout", "v1", "--", "dvc.lock")
+    dvc(repo, "checkout", "index")
+    git(repo, "checkout", "HEAD", "--", "dvc.lock")
+    evaluate = run(repo, sys.executable, "stages/evaluate.py", *yaml.safe_load(
+        (repo / "dvc.yaml").read_text())["stages"]["evaluate"]["cmd"].split()[2:], check=False)
+    search = run(repo, sys.executable, "-m", "faclip", "search", "--text", "کباب", check=False)
+    for result in (evaluate, search):
+        assert result.returncode == 2, result.stderr
+        errors = [line for line in result.stderr.splitlines() if line.startswith("faclip error")]
+        assert len(errors) == 1 and "dvc repro index" in errors[0], result.stderr
