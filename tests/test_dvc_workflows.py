@@ -132,9 +132,11 @@ def test_param_edit_reruns_only_affected_stages(repo, tmp_path, edit, expected):
 
 def test_exp_run_set_param_then_metrics_diff(repo):
     result = dvc(repo, "exp", "run", "-S", "epochs=3", "-n", "three-epochs")
-    assert "Running stage 'train'" in result.stdout
-    shown = json.loads(dvc(repo, "exp", "show", "--json").stdout)
-    assert "three-epochs" in json.dumps(shown)
+    assert ran_stages(result.stdout) == {"train", "index", "evaluate"}, result.stdout
+    result = dvc(repo, "exp", "run", "-S", "index.factory=HNSW32", "-n", "hnsw")
+    assert ran_stages(result.stdout) == {"index", "evaluate"}, result.stdout
+    shown = json.dumps(json.loads(dvc(repo, "exp", "show", "--json").stdout))
+    assert "three-epochs" in shown and "hnsw" in shown and "HNSW32" in shown
     dvc(repo, "exp", "apply", "three-epochs")
     diff = json.loads(dvc(repo, "metrics", "diff", "--json").stdout)
     assert "metrics/train.json" in diff and "epochs" in diff["metrics/train.json"], diff
