@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from PIL import Image
 
 from repo_utils import copy_repo, dvc, git, run, tool_env
 
@@ -233,3 +234,17 @@ def test_old_index_next_to_new_model_is_refused(repo):
         assert result.returncode == 2, result.stderr
         errors = [line for line in result.stderr.splitlines() if line.startswith("faclip error")]
         assert len(errors) == 1 and "dvc repro index" in errors[0], result.stderr
+
+
+def test_adding_a_photo_reruns_prepare_and_embeds_only_that_photo(repo):
+    folder = repo / "data/sample/kebabs/mashhad/joojeh"
+    record = json.loads((folder / "joojeh.json").read_text(encoding="utf-8-sig").splitlines()[0])
+    source = folder / record["image_path"]
+    image = Image.open(source).transpose(Image.Transpose.FLIP_LEFT_RIGHT)  # a new photo of the same dish
+    image.save(source.with_name("new_photo.jpg"), quality=85)
+    new_record = {**record, "image_path": str(Path(record["image_path"]).with_name("new_photo.jpg"))}
+    (folder / "new_photo.json").write_text(json.dumps(new_record, ensure_ascii=False), encoding="utf-8")
+    result = dvc(repo, "repro")
+    assert {"prepare", "embed"} <= ran_stages(result.stdout), result.stdout
+    assert "193 distinct images: 1 encoded, 192 reused" in result.stderr, result.stderr
+    assert json.loads((repo / "metrics/prepare.json").read_text(encoding="utf-8"))["images"] == 193
