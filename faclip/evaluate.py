@@ -21,12 +21,12 @@ import pandas as pd
 
 from faclip.embeddings import load_image_embeddings
 from faclip.errors import FaclipError
-from faclip.index import build_index, embed_passages, load_docstore, load_index, search, trained_max_len
+from faclip.index import build_index, embed_passages, load_index, search, trained_max_len
+from faclip.tables import load_docstore, load_pairs
 from faclip.metrics import NDCG_AT, chance_recall_at_k, hits_from_ids, metrics_from_hits
 
 logger = logging.getLogger(__name__)
 
-PAIRS_COLUMNS = ["image_sha256", "passage_id", "food_id", "split"]
 MAX_DEPTH = 1000  # ranking depth per query: bounds memory at (queries x 1000) for large docstores
 QUERY_CHUNK = 4096  # queries per FAISS call: keeps the (chunk, depth) ids/scores small
 
@@ -44,13 +44,7 @@ class EvalSet:
 
 def load_test_set(pairs_path: str | Path, passages: pd.DataFrame, image_embeddings) -> EvalSet:
     """The test split of the pairs as a EvalSet over `passages` (the docstore rows in index order)."""
-    pairs_path = Path(pairs_path)
-    if not pairs_path.is_file():
-        raise FaclipError(f"{pairs_path} not found; run `dvc repro prepare`")
-    pairs = pd.read_csv(pairs_path, dtype=str, keep_default_na=False)
-    missing = [c for c in PAIRS_COLUMNS if c not in pairs.columns]
-    if missing:
-        raise FaclipError(f"{pairs_path} lacks columns {missing} (has {list(pairs.columns)}); run `dvc repro prepare`")
+    pairs = load_pairs(pairs_path)
     test = pairs[pairs["split"] == "test"]
     if test.empty:
         raise FaclipError(f"{pairs_path} has no test-split images to evaluate on; add images or raise "

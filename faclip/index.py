@@ -14,38 +14,22 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-import pandas as pd
 
 from faclip.encode import encode_texts, pick_device
 from faclip.errors import FaclipError
 from faclip.files import atomic_dir, sha256_file, write_json
 from faclip.models import load_text_model
+from faclip.tables import load_docstore
 
 logger = logging.getLogger(__name__)
 
 INDEX_FILE = "passages.faiss"
 MANIFEST_FILE = "manifest.json"
-DOCSTORE_COLUMNS = ["id", "food_id", "title", "passage_text"]
 REBUILD = "run `dvc repro index`"
 SEED = 1234  # IVF k-means seed (PQ codebooks keep faiss's fixed default): a rebuild is byte-identical
 # Search-time defaults stored in the index file (faiss's own, nprobe=1 / efSearch=16, miss too much).
 IVF_NPROBE = 32
 HNSW_EF_SEARCH = 128
-
-
-def load_docstore(path: str | Path) -> pd.DataFrame:
-    """Read the docstore parquet (id, food_id, title, passage_text), checking its columns."""
-    path = Path(path)
-    if not path.is_file():
-        raise FaclipError(f"docstore {path} not found; run `dvc repro prepare`")
-    docstore = pd.read_parquet(path)
-    missing = [c for c in DOCSTORE_COLUMNS if c not in docstore.columns]
-    if missing:
-        raise FaclipError(f"docstore {path} lacks columns {missing} (has {list(docstore.columns)}); "
-                          "run `dvc repro prepare`")
-    if docstore.empty:
-        raise FaclipError(f"docstore {path} has no passages; run `dvc repro prepare` on a data.root with records")
-    return docstore.reset_index(drop=True)
 
 
 def weights_sha256(model_dir: str | Path) -> str:

@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from faclip.errors import FaclipError
+from faclip.tables import DOCSTORE_COLUMNS, PAIRS_COLUMNS
 from faclip.text import food_id_for, passage_id_for
 
 logger = logging.getLogger(__name__)
@@ -34,8 +35,6 @@ LAYOUT_HINT = (
     '{"title": ..., "response": ..., "image_path": path relative to the JSON file}'
 )
 
-DOCSTORE_COLUMNS = ["id", "food_id", "title", "passage_text"]
-PAIRS_COLUMNS = ["image_path", "image_sha256", "passage_id", "food_id", "split"]
 SKIP_COLUMNS = ["reason", "source", "position", "detail"]
 
 

@@ -21,7 +21,8 @@ import numpy as np
 from faclip.encode import ImageSource, encode_images, encode_texts, load_rgb, pick_device
 from faclip.errors import FaclipError
 from faclip.files import sha256_dir
-from faclip.index import load_docstore, load_index, search, text_max_len
+from faclip.index import load_index, search, text_max_len
+from faclip.tables import load_docstore
 from faclip.models import load_text_model, load_vision_model
 from faclip.text import normalize_text
 

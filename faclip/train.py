@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
@@ -33,18 +32,17 @@ from faclip.embeddings import load_image_embeddings
 from faclip.encode import encode_texts, text_features, tokenize
 from faclip.errors import FaclipError
 from faclip.files import atomic_dir, sha256_dir, sha256_file, write_json, write_text
-from faclip.index import load_docstore
 from faclip.loss import LOGIT_SCALE_INIT, LOGIT_SCALE_MAX, contrastive_loss
 from faclip.metrics import relevance_from_labels, retrieval_metrics
 from faclip.models import FACLIP_JSON, load_text_model
 from faclip.params import TrainParams
+from faclip.tables import load_docstore, load_pairs
 
 logger = logging.getLogger(__name__)
 
 GRAD_CLIP = 1.0
 RECALL_KS = (1, 5)
 CHECKPOINT_VERSION = 1
-PAIRS_COLUMNS = ("image_sha256", "passage_id", "food_id", "split")
 
 
 # --- data ------------------------------------------------------------------------------------
@@ -68,21 +66,10 @@ class HeldOut:
     image_food: np.ndarray  # (M,) dish index of each test image
 
 
-def _read_pairs(path: Path) -> pd.DataFrame:
-    if not Path(path).is_file():
-        raise FaclipError(f"training pairs {path} not found; run `dvc repro prepare`")
-    pairs = pd.read_csv(path, dtype=str)
-    missing = [c for c in PAIRS_COLUMNS if c not in pairs.columns]
-    if missing:
-        raise FaclipError(f"training pairs {path} lack columns {missing} (has {list(pairs.columns)}); "
-                          "run `dvc repro prepare`")
-    return pairs
-
-
 def load_data(*, docstore: Path, pairs: Path, image_embeddings: Path, tokenizer, max_len: int):
     """Read docstore, pairs and image embeddings into (TrainData, HeldOut, vision_sha256)."""
     passages = load_docstore(docstore)
-    pairs_df = _read_pairs(pairs)
+    pairs_df = load_pairs(pairs)
     embeddings = load_image_embeddings(image_embeddings)
     dishes = sorted(set(passages["food_id"]) | set(pairs_df["food_id"]))
     dish_idx = {food_id: i for i, food_id in enumerate(dishes)}

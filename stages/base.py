@@ -8,11 +8,10 @@ Outputs: --text-out and --vision-out folders (weights, tokenizer / image process
 import argparse
 import logging
 
-import pandas as pd
-
 from faclip.errors import run_main
 from faclip.models import materialise_base, tiny_corpus
 from faclip.params import load_params
+from faclip.tables import load_docstore
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +27,7 @@ def main(argv=None):
 
     # 2. Build ('tiny') or load (hub id / local folder) both encoders; check widths; save both.
     def corpus():
-        return tiny_corpus(pd.read_parquet(args.docstore, columns=["title", "passage_text"]))
+        return tiny_corpus(load_docstore(args.docstore))
 
     dim = materialise_base(text_source=model.text, vision_source=model.vision, corpus_fn=corpus,
                            text_out=args.text_out, vision_out=args.vision_out)

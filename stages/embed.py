@@ -9,11 +9,10 @@ Output: --out folder (embeddings.npy, image_sha256.txt, manifest.json).
 import argparse
 import logging
 
-import pandas as pd
-
 from faclip.embeddings import embed_images, save_image_embeddings
 from faclip.errors import run_main
 from faclip.params import load_params
+from faclip.tables import load_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +28,7 @@ def main(argv=None):
     data_root = load_params().data.root
 
     # 2. Encode the images the cache lacks; reuse the rest.
-    pairs = pd.read_csv(args.pairs, dtype=str, keep_default_na=False)
+    pairs = load_pairs(args.pairs)
     embeddings, encoded = embed_images(pairs, data_root=data_root, vision_dir=args.vision, cache_dir=args.cache)
     logger.info("%d distinct images: %d encoded, %d reused from the cache",
                 len(embeddings.image_sha256), encoded, len(embeddings.image_sha256) - encoded)

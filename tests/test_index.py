@@ -9,7 +9,8 @@ import pytest
 
 from faclip.errors import FaclipError
 from faclip.files import sha256_file
-from faclip.index import (INDEX_FILE, build_index, check_manifest, load_docstore, load_index, save_index,
+from faclip.tables import load_docstore
+from faclip.index import (INDEX_FILE, build_index, check_manifest, load_index, save_index,
                           search, weights_sha256)
 
 
