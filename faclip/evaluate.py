@@ -22,8 +22,8 @@ import pandas as pd
 from faclip.embeddings import load_image_embeddings
 from faclip.errors import FaclipError
 from faclip.index import build_index, embed_passages, load_index, search, trained_max_len
-from faclip.tables import load_docstore, load_pairs
 from faclip.metrics import NDCG_AT, chance_recall_at_k, hits_from_ids, metrics_from_hits
+from faclip.tables import load_docstore, load_pairs
 
 logger = logging.getLogger(__name__)
 

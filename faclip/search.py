@@ -22,8 +22,8 @@ from faclip.encode import ImageSource, encode_images, encode_texts, load_rgb, pi
 from faclip.errors import FaclipError
 from faclip.files import sha256_dir
 from faclip.index import load_index, search, text_max_len
-from faclip.tables import load_docstore
 from faclip.models import load_text_model, load_vision_model
+from faclip.tables import load_docstore
 from faclip.text import normalize_text
 
 logger = logging.getLogger(__name__)

@@ -9,9 +9,9 @@ import pytest
 
 from faclip.errors import FaclipError
 from faclip.files import sha256_file
-from faclip.tables import load_docstore
 from faclip.index import (INDEX_FILE, build_index, check_manifest, load_index, save_index,
                           search, weights_sha256)
+from faclip.tables import load_docstore
 
 
 def unit_vectors(n: int, dim: int = 32, seed: int = 0) -> np.ndarray:
