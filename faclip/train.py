@@ -12,6 +12,7 @@ frozen image embeddings of its dish. Read `train_text_encoder` top to bottom.
 """
 
 import dataclasses
+import hashlib
 import json
 import logging
 import math
@@ -33,7 +34,9 @@ from faclip.encode import encode_texts, text_features, tokenize
 from faclip.errors import FaclipError
 from faclip.files import atomic_dir, sha256_dir, sha256_file, write_json, write_text
 from faclip.loss import LOGIT_SCALE_INIT, LOGIT_SCALE_MAX, contrastive_loss
-from faclip.metrics import relevance_from_labels, retrieval_metrics
+from faclip.evaluate import search_hits
+from faclip.index import build_index
+from faclip.metrics import metrics_from_hits
 from faclip.models import FACLIP_JSON, load_text_model
 from faclip.params import TrainParams
 from faclip.tables import load_docstore, load_pairs
@@ -104,10 +107,17 @@ def load_data(*, docstore: Path, pairs: Path, image_embeddings: Path, tokenizer,
 
 
 def get_batch(data: TrainData, pair_idx: torch.Tensor, tokenizer):
-    """Pad the batch's passages to their longest (dynamic padding): (input_ids, attention_mask)."""
-    ids = [data.passage_tokens[i] for i in data.passage_idx[pair_idx].tolist()]
+    """The batch's distinct passages, padded to their longest, and each pair's row among them.
+
+    Pairs share passages (every photo of a dish pairs with the same few texts), so each distinct
+    passage is encoded once per step and its features are indexed out per pair: the same loss and
+    gradients as encoding every pair's copy, for a fraction of the text encoder's work.
+    Returns (input_ids (U, T), attention_mask (U, T), pair_to_unique (b,)).
+    """
+    passages, pair_to_unique = torch.unique(data.passage_idx[pair_idx], return_inverse=True)
+    ids = [data.passage_tokens[i] for i in passages.tolist()]
     batch = tokenizer.pad({"input_ids": ids}, padding="longest", return_tensors="pt")
-    return batch["input_ids"], batch["attention_mask"]  # (b, T), (b, T)
+    return batch["input_ids"], batch["attention_mask"], pair_to_unique
 
 
 # --- schedule, evaluation, checkpoints -------------------------------------------------------
@@ -123,12 +133,17 @@ def lr_at(step: int, *, learning_rate: float, warmup_steps: int, total_steps: in
 
 def evaluate(model, tokenizer, held_out: HeldOut, max_len: int) -> dict[str, float]:
     """Image->passage recall@1/@5 on the test split: hit at k if any passage of the image's dish is in the top k."""
-    if len(held_out.image_food) == 0:
+    # Exact search through a Flat index, top max(k) only: memory stays (images x 5), not (images x passages).
+    dishes = max(held_out.image_food.max(initial=-1), held_out.passage_food.max(initial=-1)) + 1
+    n_relevant = np.bincount(held_out.passage_food, minlength=dishes)[held_out.image_food]  # (M,)
+    queries = np.flatnonzero(n_relevant > 0)
+    if len(queries) == 0:
         return {}
     text_emb = encode_texts(model, tokenizer, held_out.passages, max_len=max_len)  # (P, D)
-    scores = held_out.image_emb @ text_emb.T  # (M, P)
-    relevant = relevance_from_labels(held_out.image_food, held_out.passage_food)  # (M, P)
-    metrics = retrieval_metrics(scores, relevant, ks=RECALL_KS, ndcg=False)
+    query_food = held_out.image_food[queries]
+    hits = search_hits(build_index(text_emb, "Flat"), held_out.image_emb[queries], max(RECALL_KS),
+                       lambda q, p: query_food[q] == held_out.passage_food[p])  # (Q, 5)
+    metrics = metrics_from_hits(hits, n_relevant[queries], RECALL_KS, ndcg=False)
     return {f"recall@{k}": metrics[f"recall@{k}"] for k in RECALL_KS}
 
 
@@ -145,8 +160,13 @@ def check_max_text_len(text_dir: Path, max_text_len: int) -> None:
 
 def fingerprint(*, base_text_sha256: str, docstore: Path, pairs: Path, image_embeddings: Path,
                 params: TrainParams) -> dict:
-    """What a checkpoint depends on (input hashes and params): a checkpoint resumes only an identical run."""
-    return {"version": CHECKPOINT_VERSION, "base_text_sha256": base_text_sha256,
+    """What a checkpoint depends on (code, input hashes, params): a checkpoint resumes only an identical run.
+
+    The faclip source is part of it: after a code change DVC reruns `train`, and that must train anew,
+    not finish from a checkpoint the old code wrote.
+    """
+    code = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(Path(__file__).parent.glob("*.py"))))
+    return {"version": CHECKPOINT_VERSION, "code_sha256": code.hexdigest(), "base_text_sha256": base_text_sha256,
             "docstore_sha256": sha256_file(docstore), "pairs_sha256": sha256_file(pairs),
             "image_embeddings_sha256": sha256_dir(image_embeddings),
             **{f"params.{k}": v for k, v in dataclasses.asdict(params).items()}}
@@ -291,9 +311,9 @@ def train_text_encoder(*, text_dir: Path, docstore: Path, pairs: Path, image_emb
             for group in optimizer.param_groups:
                 group["lr"] = lr
             local = batch[rank * local_bs:(rank + 1) * local_bs]  # this rank's shard of the global batch
-            input_ids, attention_mask = get_batch(data, local, tokenizer)
+            input_ids, attention_mask, pair_to_unique = get_batch(data, local, tokenizer)
             features = text_features(model, input_ids.to(accelerator.device), attention_mask.to(accelerator.device))
-            features = F.normalize(features.float(), dim=-1)  # (b, D)
+            features = F.normalize(features.float(), dim=-1)[pair_to_unique.to(accelerator.device)]  # (b, D)
             if world > 1:
                 # Everyone's features, in rank order; the local slice is swapped back in to keep its grad.
                 gathered = accelerator.gather(features.detach())  # (B, D)

@@ -154,6 +154,15 @@ def test_resume_after_an_interruption_matches_an_uninterrupted_run(trained, inpu
     train_text_encoder(**run, params=replace(FAST, epochs=1))
     assert "made with another params.epochs: starting fresh" in caplog.text
 
+    # Other code (DVC reruns `train` when faclip changes): a finished checkpoint must not short-cut it.
+    state_path = run["checkpoints"] / "last/state.json"
+    state = json.loads(state_path.read_text())
+    state["fingerprint"]["code_sha256"] = "0" * 64
+    state_path.write_text(json.dumps(state))
+    caplog.clear()
+    train_text_encoder(**run, params=replace(FAST, epochs=1))
+    assert "made with another code_sha256: starting fresh" in caplog.text
+
 
 def test_epochs_zero_writes_the_base_text_model_unchanged(inputs, tmp_path):
     params = replace(FAST, epochs=0)
@@ -250,3 +259,36 @@ def test_two_processes_match_one_on_the_same_global_batch(inputs, tmp_path):
     assert metrics["loss"] == pytest.approx(one.metrics["loss"], rel=1e-4)
     assert json.loads((two / "finetuned/faclip.json").read_text())["logit_scale"] == \
         pytest.approx(one.logit_scale, rel=1e-5)
+
+
+def test_a_batch_encodes_each_shared_passage_once_with_the_same_loss_and_grads(inputs):
+    from faclip.encode import text_features
+    from faclip.loss import contrastive_loss
+    from faclip.train import get_batch, load_data
+
+    config = AutoConfig.from_pretrained(inputs.text)
+    config.update({"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0})
+    model = AutoModel.from_pretrained(inputs.text, config=config).train()
+    tokenizer = AutoTokenizer.from_pretrained(inputs.text)
+    data, _, _ = load_data(docstore=inputs.docstore, pairs=inputs.pairs, image_embeddings=inputs.image_embeddings,
+                           tokenizer=tokenizer, max_len=64)
+    pair_idx = torch.arange(16)  # pairs are sorted by image, so consecutive pairs share passages
+    input_ids, mask, pair_to_unique = get_batch(data, pair_idx, tokenizer)
+    assert len(input_ids) < len(pair_idx)  # shared passages were encoded once
+    assert [data.passage_tokens[i] for i in data.passage_idx[pair_idx].tolist()] == \
+        [input_ids[u][mask[u].bool()].tolist() for u in pair_to_unique.tolist()]
+
+    def loss_and_grads(features):
+        features = torch.nn.functional.normalize(features, dim=-1)
+        loss = contrastive_loss(data.image_emb[pair_idx], features, data.food_idx[pair_idx], torch.tensor(2.0))
+        grads = torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad], allow_unused=True)
+        return loss, grads
+
+    deduped = loss_and_grads(text_features(model, input_ids, mask)[pair_to_unique])
+    every_copy = tokenizer.pad({"input_ids": [data.passage_tokens[i] for i in data.passage_idx[pair_idx].tolist()]},
+                               return_tensors="pt")
+    full = loss_and_grads(text_features(model, every_copy["input_ids"], every_copy["attention_mask"]))
+    torch.testing.assert_close(deduped[0], full[0])
+    for a, b in zip(deduped[1], full[1]):
+        if a is not None or b is not None:
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
