@@ -133,6 +133,15 @@ def test_missing_image_is_one_line_error(raw, tmp_path, tiny_model_dirs):
     assert "\n" not in str(err.value)
 
 
+def test_pairs_naming_an_image_outside_the_root_are_refused(raw, tmp_path, tiny_model_dirs):
+    pairs = _pairs(raw)
+    outside = tmp_path / "outside.jpg"
+    outside.write_bytes((raw / pairs["image_path"][0]).read_bytes())
+    pairs.loc[0, "image_path"] = "../outside.jpg"
+    with pytest.raises(FaclipError, match="outside data.root"):
+        embed_images(pairs, raw, tiny_model_dirs[1], tmp_path / "cache")
+
+
 def test_missing_vision_model_is_an_error(raw, tmp_path):
     with pytest.raises(FaclipError, match="dvc repro base"):
         embed_images(_pairs(raw), raw, tmp_path / "no_model", tmp_path / "cache")
