@@ -218,18 +218,25 @@ def test_unreachable_remote_is_a_clear_error_and_leaves_nothing_half_written(rep
         assert not (clone / out).exists(), f"{out} exists after a failed pull"
 
 
-def test_old_index_next_to_new_model_is_refused(repo):
+def test_old_index_pulled_next_to_a_new_model_is_refused(repo, tmp_path):
+    dvc(repo, "remote", "add", "-d", "store", str(tmp_path / "remote"))
+    git(repo, "commit", "-qam", "remote")
     git(repo, "tag", "v1")
+    dvc(repo, "push")
     set_params(repo, epochs=3)
     dvc(repo, "repro")
+    dvc(repo, "push")
     git(repo, "commit", "-qam", "three epochs")
-    # Bring back v1's index next to the v2 model, as `dvc pull`/`checkout` of an old commit would.
-    git(repo, "checkout", "v1", "--", "dvc.lock")
-    dvc(repo, "checkout", "index")
-    git(repo, "checkout", "HEAD", "--", "dvc.lock")
-    evaluate = run(repo, sys.executable, "stages/evaluate.py", *yaml.safe_load(
-        (repo / "dvc.yaml").read_text())["stages"]["evaluate"]["cmd"].split()[2:], check=False)
-    search = run(repo, sys.executable, "-m", "faclip", "search", "--text", "کباب", check=False)
+    # A fresh clone of v2 that pulls v1's index next to v2's model (an empty cache: from the remote).
+    clone = tmp_path / "clone"
+    run(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    dvc(clone, "pull")
+    git(clone, "checkout", "v1", "--", "dvc.lock")
+    dvc(clone, "pull", "index")
+    git(clone, "checkout", "HEAD", "--", "dvc.lock")
+    evaluate = run(clone, sys.executable, "stages/evaluate.py", *yaml.safe_load(
+        (clone / "dvc.yaml").read_text())["stages"]["evaluate"]["cmd"].split()[2:], check=False)
+    search = run(clone, sys.executable, "-m", "faclip", "search", "--text", "کباب", check=False)
     for result in (evaluate, search):
         assert result.returncode == 2, result.stderr
         errors = [line for line in result.stderr.splitlines() if line.startswith("faclip error")]
