@@ -10,7 +10,6 @@ Rankings come from FAISS (exact search = a Flat inner-product index), so exact s
 order; mrr counts ranks up to MAX_DEPTH (all ranks whenever there are no more items than that).
 """
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from faclip.embeddings import load_image_embeddings
 from faclip.errors import FaclipError
 from faclip.index import build_index, embed_passages, load_index, search, trained_max_len
 from faclip.metrics import NDCG_AT, chance_recall_at_k, hits_from_ids, metrics_from_hits
+from faclip.models import read_model_info
 from faclip.tables import load_docstore, load_pairs
 
 logger = logging.getLogger(__name__)
@@ -148,9 +148,7 @@ class EvalResult:
 
 def check_vision(model_dir: str | Path, embeddings) -> None:
     """The image vectors must come from the vision model the text model was tuned against."""
-    info_path = Path(model_dir) / "faclip.json"
-    info = json.loads(info_path.read_text(encoding="utf-8")) if info_path.is_file() else {}
-    expected = info.get("vision_sha256")
+    expected = read_model_info(model_dir).get("vision_sha256")
     if expected and expected != embeddings.vision_sha256:
         raise FaclipError(f"the image embeddings come from another vision model than {model_dir} was trained "
                           "against; run `dvc repro train`")

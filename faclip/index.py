@@ -18,7 +18,7 @@ import numpy as np
 from faclip.encode import encode_texts, pick_device
 from faclip.errors import FaclipError
 from faclip.files import atomic_dir, sha256_file, write_json
-from faclip.models import load_text_model
+from faclip.models import load_text_model, read_model_info
 from faclip.tables import load_docstore
 
 logger = logging.getLogger(__name__)
@@ -47,10 +47,7 @@ def weights_sha256(model_dir: str | Path) -> str:
 
 def trained_max_len(model_dir: str | Path) -> int | None:
     """The max_text_len a fine-tuned model was trained with (faclip.json params), or None."""
-    info_path = Path(model_dir) / "faclip.json"
-    if not info_path.is_file():
-        return None
-    max_len = json.loads(info_path.read_text(encoding="utf-8")).get("params", {}).get("max_text_len")
+    max_len = read_model_info(model_dir).get("params", {}).get("max_text_len")
     return int(max_len) if max_len else None
 
 

@@ -175,6 +175,12 @@ def require_model_folder(path: str | Path, stage: str = "base") -> Path:
     return path
 
 
+def read_model_info(path: str | Path) -> dict:
+    """A model folder's faclip.json (provenance, and for a fine-tuned model its logit_scale and params), or {}."""
+    info = Path(path) / FACLIP_JSON
+    return json.loads(info.read_text(encoding="utf-8")) if info.is_file() else {}
+
+
 def load_text_model(path: str | Path, device: torch.device | str = "cpu"):
     """Load a saved text encoder folder: (model in eval mode on `device`, tokenizer)."""
     path = require_model_folder(path, "base")

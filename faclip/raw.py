@@ -43,15 +43,17 @@ class Skips:
     """Skipped records, by reason, with where each came from."""
 
     rows: list = field(default_factory=list)
+    by_reason: Counter = field(default_factory=Counter)
 
     def add(self, reason: str, source: str, position: str = "", detail: str = "") -> None:
         self.rows.append((reason, source, position, detail))
-        if sum(1 for r in self.rows if r[0] == reason) <= LOGGED_PER_REASON:
+        self.by_reason[reason] += 1
+        if self.by_reason[reason] <= LOGGED_PER_REASON:
             logger.warning("skipped (%s) %s%s%s", reason, source, f" [{position}]" if position else "",
                            f": {detail}" if detail else "")
 
     def counts(self) -> dict[str, int]:
-        return dict(sorted(Counter(r[0] for r in self.rows).items()))
+        return dict(sorted(self.by_reason.items()))
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame(self.rows, columns=SKIP_COLUMNS)

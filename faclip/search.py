@@ -22,7 +22,7 @@ from faclip.encode import ImageSource, encode_images, encode_texts, load_rgb, pi
 from faclip.errors import FaclipError
 from faclip.files import sha256_dir
 from faclip.index import load_index, search, text_max_len
-from faclip.models import load_text_model, load_vision_model
+from faclip.models import load_text_model, load_vision_model, read_model_info
 from faclip.tables import load_docstore
 from faclip.text import normalize_text
 
@@ -64,7 +64,7 @@ class Retriever:
         self.passages = docstore.set_index("id").loc[manifest["passage_ids"]].reset_index()
         self.text_model, self.tokenizer = load_text_model(model_dir, device=self.device)
         self.max_len = text_max_len(model_dir, self.tokenizer, self.text_model)
-        self.info = _read_info(self.model_dir)
+        self.info = read_model_info(self.model_dir)
 
     @cached_property
     def _vision(self):
@@ -104,11 +104,6 @@ def check_text_query(text) -> None:
     """A text query must have something left to read after normalisation (not just spaces or ZWNJ)."""
     if not isinstance(text, str) or not normalize_text(text):
         raise FaclipError(EMPTY_TEXT)
-
-
-def _read_info(model_dir: Path) -> dict:
-    path = model_dir / "faclip.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def format_hits(hits: list[Hit], as_json: bool = False) -> str:

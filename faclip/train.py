@@ -37,7 +37,7 @@ from faclip.loss import LOGIT_SCALE_INIT, LOGIT_SCALE_MAX, contrastive_loss
 from faclip.evaluate import search_hits
 from faclip.index import build_index
 from faclip.metrics import metrics_from_hits
-from faclip.models import FACLIP_JSON, load_text_model
+from faclip.models import FACLIP_JSON, load_text_model, read_model_info
 from faclip.params import TrainParams
 from faclip.tables import load_docstore, load_pairs
 
@@ -441,9 +441,7 @@ the learned `logit_scale` (cosine similarities times exp(logit_scale) are CLIP l
 
 def save_finetuned(out_dir: Path, result: TrainResult, params: TrainParams, base_text_dir: Path) -> None:
     """Write the HF folder (safetensors + tokenizer), faclip.json and the model card, atomically."""
-    base_meta = Path(base_text_dir) / FACLIP_JSON
-    base_source = json.loads(base_meta.read_text(encoding="utf-8")).get("source", "?") if base_meta.is_file() \
-        else str(base_text_dir)
+    base_source = read_model_info(base_text_dir).get("source", str(base_text_dir))
     with atomic_dir(out_dir) as tmp:
         result.model.save_pretrained(tmp, safe_serialization=True)
         # A fresh copy: tokenising stores truncation/padding state in tokenizer.json, which would make
