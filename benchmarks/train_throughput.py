@@ -7,7 +7,7 @@
 (a) "original": a minimal re-implementation of the original project's design (its `ImageTextPairs`
     dataset + `FaCLIPTextTrainer`): a DataLoader that opens and preprocesses every image from disk at
     every step, and the frozen vision encoder run on each batch (no grad) before the text step.
-(b) "faclip": the `embed` stage's work once (`faclip.embeddings.embed_images`, counted), then the
+(b) "faclip": the `embed` stage's work once (`faclip.embed.embed_images`, counted), then the
     train stage's loop (`faclip.train.train_text_encoder`) on the cached image vectors, with all it
     does per run (hashing inputs for resume, per-epoch held-out recall, checkpoint, dvclive).
 
@@ -39,12 +39,12 @@ import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from faclip.embeddings import embed_images, save_image_embeddings  # noqa: E402
+from faclip.embed import embed_images, save_image_embeddings  # noqa: E402
 from faclip.encode import image_features, load_rgb, text_features, tokenize  # noqa: E402
 from faclip.loss import LOGIT_SCALE_INIT, LOGIT_SCALE_MAX, contrastive_loss  # noqa: E402
 from faclip.models import load_text_model, load_vision_model, materialise_base, tiny_corpus  # noqa: E402
 from faclip.params import TrainParams  # noqa: E402
-from faclip.raw import prepare_dataset  # noqa: E402
+from faclip.prepare import prepare_dataset  # noqa: E402
 from faclip.train import train_text_encoder  # noqa: E402
 from machine import load_average, machine_line  # noqa: E402
 from synthetic import make_dataset  # noqa: E402

@@ -127,9 +127,18 @@ class _ImageDataset(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.sources)
 
-    def __getitem__(self, i):
-        image = load_rgb(self.sources[i])
+    def __getitem__(self, i) -> torch.Tensor | str:
+        try:
+            image = load_rgb(self.sources[i])
+        except FaclipError as err:
+            return str(err)  # raised in a worker it would reach us as traceback text: pass the message as data
         return self.processor(images=image, return_tensors="pt")["pixel_values"][0]  # (3, H, W)
+
+
+def _collate_pixels(items: list[torch.Tensor | str]) -> torch.Tensor | str:
+    """A batch of pixel tensors (B, 3, H, W), or the first image's error message."""
+    errors = [item for item in items if isinstance(item, str)]
+    return errors[0] if errors else torch.stack(items)
 
 
 @torch.no_grad()
@@ -139,18 +148,16 @@ def encode_images(model, processor, sources: Sequence[ImageSource], *, batch_siz
     device = next(model.parameters()).device
     loader = torch.utils.data.DataLoader(
         _ImageDataset(sources, processor), batch_size=batch_size, num_workers=num_workers,
-        pin_memory=device.type == "cuda",
+        collate_fn=_collate_pixels, pin_memory=device.type == "cuda",
     )
     chunks = []
     with _eval_mode(model):
-        try:
-            for pixels in tqdm(loader, desc="encode images", disable=not progress, unit="batch"):
-                with _autocast(device):
-                    feats = image_features(model, pixels.to(device))  # (B, D)
-                chunks.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu())
-        except FaclipError as err:
-            # A worker's error arrives wrapped in its traceback text: keep the one-line message.
-            raise FaclipError(str(err).strip().splitlines()[-1].split("FaclipError: ", 1)[-1]) from None
+        for pixels in tqdm(loader, desc="encode images", disable=not progress, unit="batch"):
+            if isinstance(pixels, str):
+                raise FaclipError(pixels)
+            with _autocast(device):
+                feats = image_features(model, pixels.to(device))  # (B, D)
+            chunks.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu())
     if not chunks:
         return np.zeros((0, model.config.hidden_size), dtype=np.float32)
     return torch.cat(chunks).numpy()

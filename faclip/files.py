@@ -1,4 +1,5 @@
-"""Atomic writes and content hashes: every artifact is written whole or not at all."""
+"""Files: atomic writes (every artifact is written whole or not at all), content hashes, and paths
+from data files kept under their data root."""
 
 import contextlib
 import hashlib
@@ -35,6 +36,20 @@ def sha256_dir(path: str | Path) -> str:
         digest.update(file.relative_to(root).as_posix().encode() + b"\0")
         digest.update(sha256_file(file).encode() + b"\n")
     return digest.hexdigest()
+
+
+def resolve_under_root(root: Path, base_dir: Path, rel_path: str) -> Path | None:
+    """`rel_path` (relative to `base_dir`) as a path under `root`, or None if it points outside
+    (absolute, `..`, or a symlink out). Every path read from a data file goes through this."""
+    if os.path.isabs(rel_path) or rel_path.startswith(("\\", "~")):
+        return None
+    candidate = Path(os.path.normpath(base_dir / rel_path))
+    try:
+        candidate.resolve().relative_to(root.resolve())
+        candidate.relative_to(root)
+    except ValueError:
+        return None
+    return candidate
 
 
 @contextlib.contextmanager

@@ -1,4 +1,6 @@
-"""The passage index: embed every docstore passage, build a FAISS index, and record what it was built from.
+"""The passage index: embed every docstore passage, build a FAISS index, record what it was built from,
+and search it (the one place faclip ranks vectors: the index stage, evaluate, train's held-out recall
+and search all come here).
 
 `models/index/` holds `passages.faiss` (row i = passage `passage_ids[i]`) and `manifest.json` with the
 factory, dim, count, passage-id order and the sha256 of the docstore, of the model weights and of the
@@ -6,7 +8,6 @@ index file. Readers call `check_manifest` first, so an index never silently outl
 All vectors are L2-normalised and the index uses inner product, so `Flat` is exact cosine search.
 """
 
-import hashlib
 import json
 import logging
 import re
@@ -15,10 +16,10 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from faclip.encode import encode_texts, pick_device
 from faclip.errors import FaclipError
 from faclip.files import atomic_dir, sha256_file, write_json
-from faclip.models import load_text_model, read_model_info
+from faclip.metrics import hits_from_ids
+from faclip.models import embed_passages, weights_sha256
 from faclip.tables import load_docstore
 
 logger = logging.getLogger(__name__)
@@ -30,49 +31,7 @@ SEED = 1234  # IVF k-means seed (PQ codebooks keep faiss's fixed default): a reb
 # Search-time defaults stored in the index file (faiss's own, nprobe=1 / efSearch=16, miss too much).
 IVF_NPROBE = 32
 HNSW_EF_SEARCH = 128
-
-
-def weights_sha256(model_dir: str | Path) -> str:
-    """sha256 of the model weights: model.safetensors, or all *.safetensors shards in name order."""
-    files = sorted(Path(model_dir).glob("*.safetensors"))
-    if not files:
-        raise FaclipError(f"no *.safetensors weights in {model_dir}; run `dvc repro train`")
-    if len(files) == 1:
-        return sha256_file(files[0])
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(f"{file.name}\0{sha256_file(file)}\n".encode())
-    return digest.hexdigest()
-
-
-def trained_max_len(model_dir: str | Path) -> int | None:
-    """The max_text_len a fine-tuned model was trained with (faclip.json params), or None."""
-    max_len = read_model_info(model_dir).get("params", {}).get("max_text_len")
-    return int(max_len) if max_len else None
-
-
-def text_max_len(model_dir: str | Path, tokenizer, model) -> int:
-    """Token budget for passages: what training used, else the tokenizer's and position table's limit."""
-    trained = trained_max_len(model_dir)
-    if trained:
-        return trained
-    limits = [tokenizer.model_max_length]
-    positions = getattr(model.config, "max_position_embeddings", None)
-    if positions:  # RoBERTa offsets positions by padding_idx + 1
-        limits.append(positions - 2 if getattr(model.config, "model_type", "") == "roberta" else positions)
-    return int(min(limits))
-
-
-def embed_passages(model_dir: str | Path, texts: list[str], *, max_len: int | None = None,
-                   batch_size: int = 64, progress: bool = True, device=None) -> np.ndarray:
-    """Load the text model in `model_dir` and encode `texts` (N, D), L2-normalised float32.
-
-    `max_len` defaults to `text_max_len` of that model; `device` to `pick_device()`.
-    """
-    model, tokenizer = load_text_model(model_dir, device=device or pick_device())
-    max_len = max_len or text_max_len(model_dir, tokenizer, model)
-    logger.info("encoding %d passages with %s (max_len %d)", len(texts), model_dir, max_len)
-    return encode_texts(model, tokenizer, texts, max_len=max_len, batch_size=batch_size, progress=progress)
+QUERY_CHUNK = 4096  # queries per FAISS call: keeps each chunk's (chunk, depth) ids/scores small
 
 
 def _training_points_needed(err: RuntimeError) -> int | None:
@@ -192,3 +151,13 @@ def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray,
     """Top-k (scores (Q, k), ids (Q, k)) for L2-normalised queries; k is capped at the index size."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     return index.search(queries, min(k, index.ntotal))
+
+
+
+def search_hits(index: faiss.Index, queries: np.ndarray, depth: int, is_relevant) -> np.ndarray:
+    """Relevance in rank order (Q, depth) of what each query retrieves; `is_relevant` as in `hits_from_ids`."""
+    parts = [np.zeros((0, min(depth, index.ntotal)), dtype=bool)]
+    for start in range(0, len(queries), QUERY_CHUNK):
+        _, ids = search(index, queries[start:start + QUERY_CHUNK], depth)  # (chunk, depth)
+        parts.append(hits_from_ids(ids, lambda q, items: is_relevant(q + start, items)))
+    return np.concatenate(parts)

@@ -34,3 +34,32 @@ def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, 
     # Positives are symmetric (same dish both ways), so both directions share one target matrix.
     targets = positive_targets(food_ids)  # (B, B)
     return (F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_text, targets)) / 2
+
+
+# --- several processes: one global batch --------------------------------------------------------
+
+
+def gather_features(features: torch.Tensor, accelerator) -> torch.Tensor:
+    """Every rank's features (B, D) in rank order, this rank's own slice keeping its gradient.
+
+    `accelerator.gather` returns tensors without grad; swapping the local slice back in lets each
+    rank's backward reach its own encoder pass, as open_clip's `gather_features` does.
+    """
+    if accelerator.num_processes == 1:
+        return features
+    local, rank = len(features), accelerator.process_index
+    gathered = accelerator.gather(features.detach())  # (B, D)
+    return torch.cat([gathered[:rank * local], features, gathered[(rank + 1) * local:]])
+
+
+def sum_gathered_grads(model: torch.nn.Module, world: int) -> None:
+    """Undo DDP's gradient mean after a loss over gathered features: the true gradient is the sum.
+
+    Each rank's backward reached only its own slice of the global batch (the others were gathered
+    without grad), and DDP averages over ranks, so multiplying by `world` restores the global gradient.
+    """
+    if world == 1:
+        return
+    for p in model.parameters():
+        if p.grad is not None:
+            p.grad.mul_(world)

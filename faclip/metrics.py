@@ -8,33 +8,16 @@ Definitions (the CLIP convention; a query may have several relevant items):
   ideal DCG, i.e. the DCG of min(#relevant, 10) relevant items in the first ranks.
 Every metric is a mean over queries, so it lies in [0, 1]; each query needs >= 1 relevant item.
 
-Ties: from a score matrix, ties are broken pessimistically: among equal scores, irrelevant items rank
-before relevant ones (then item order), so a degenerate encoder that scores everything alike gets 0,
-never a lucky 1. A ranking from an index (FAISS ids) is taken in the order the index returned.
+Rankings come from FAISS (ids in the order the index returned them; exact score ties keep FAISS's
+order). tests/test_metrics.py keeps a score-matrix reference implementation to check these against.
 """
 
 import math
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable
 
 import numpy as np
 
 NDCG_AT = 10
-
-
-def relevance_from_labels(query_labels: Sequence, item_labels: Sequence) -> np.ndarray:
-    """Relevance matrix (Q, N): item n is relevant to query q when their labels are equal."""
-    query_labels, item_labels = np.asarray(query_labels), np.asarray(item_labels)
-    return query_labels[:, None] == item_labels[None, :]
-
-
-def rank_by_scores(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
-    """Relevance of each query's items in rank order (Q, N), best score first, ties pessimistic."""
-    scores, relevant = np.asarray(scores), np.asarray(relevant, dtype=bool)
-    if scores.shape != relevant.shape or scores.ndim != 2:
-        raise ValueError(f"scores {scores.shape} and relevant {relevant.shape} must be the same (Q, N) shape")
-    # lexsort: last key is primary; it is stable, so equal (score, relevance) keep item order.
-    order = np.lexsort((relevant, -scores), axis=-1)  # (Q, N)
-    return np.take_along_axis(relevant, order, axis=-1)
 
 
 def hits_from_ids(ranked_ids: np.ndarray, is_relevant: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
@@ -74,19 +57,6 @@ def ndcg_at(hits: np.ndarray, n_relevant: np.ndarray, k: int = NDCG_AT) -> np.nd
     dcg = top @ discounts[: top.shape[1]]
     ideal = np.cumsum(discounts)[np.minimum(n_relevant, k) - 1]
     return dcg / ideal
-
-
-def retrieval_metrics(scores: np.ndarray, relevant: np.ndarray, ks: Iterable[int] = (1, 5, 10),
-                      ndcg: bool = True) -> dict[str, float]:
-    """All metrics from a score matrix (Q, N) and a relevance matrix (Q, N) (exact search)."""
-    relevant = np.asarray(relevant, dtype=bool)
-    return metrics_from_hits(rank_by_scores(scores, relevant), relevant.sum(axis=1), ks, ndcg)
-
-
-def recall_at_k(scores: np.ndarray, query_labels: Sequence, item_labels: Sequence, k: int) -> float:
-    """recall@k from a score matrix (Q, N): query q is relevant to the items that share its label."""
-    relevant = relevance_from_labels(query_labels, item_labels)
-    return metrics_from_hits(rank_by_scores(scores, relevant), relevant.sum(axis=1), (k,), ndcg=False)[f"recall@{k}"]
 
 
 def chance_recall_at_k(n_relevant: np.ndarray, n_items: int, k: int) -> float:

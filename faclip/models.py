@@ -1,4 +1,6 @@
-"""Base models: build the offline `tiny` pair, or load a hub id / local folder, and save as HF folders.
+"""Model folders: build the offline `tiny` pair or load a hub id / local folder (the `base` stage),
+load saved folders, read their facts (weights hash, token budget, the vision model a text model was
+tuned against), encode passages with a saved text model, and write the fine-tuned folder + card.
 
 Every model folder faclip writes is a plain `save_pretrained` folder (safetensors + tokenizer or
 image processor) loadable by transformers alone, plus a small `faclip.json` with provenance.
@@ -8,23 +10,27 @@ explicitly: the default backend switches to torchvision when that is installed, 
 different resizing would make cached image vectors disagree with freshly encoded queries.
 """
 
+import dataclasses
+import hashlib
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import pandas as pd
 import torch
 from PIL import Image
 from tokenizers import ByteLevelBPETokenizer
-from transformers import (AutoModel, AutoTokenizer, CLIPImageProcessorPil, CLIPVisionConfig,
+from transformers import (AutoConfig, AutoModel, AutoTokenizer, CLIPImageProcessorPil, CLIPVisionConfig,
                           CLIPVisionModel, RobertaConfig, RobertaModel, RobertaTokenizerFast)
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from faclip.encode import encode_images, encode_texts
+from faclip.encode import encode_images, encode_texts, pick_device
 from faclip.errors import FaclipError
-from faclip.files import atomic_dir, write_json
-from faclip.params import TINY
+from faclip.files import atomic_dir, sha256_file, write_json, write_text
+from faclip.params import TINY, TrainParams
 from faclip.text import normalize_text
 
 logger = logging.getLogger(__name__)
@@ -33,6 +39,7 @@ FACLIP_JSON = "faclip.json"
 TINY_SEED = 0
 TINY_WIDTH = 128  # both tiny encoders output this width, as the real CLIPfa pair both output 768
 TINY_MAX_LEN = 512  # fixed, so editing max_text_len never reruns `base`; training truncates further
+ROBERTA_POSITION_OFFSET = 2  # RoBERTa numbers token positions from padding_idx + 1
 TINY_IMAGE_SIZE = 64
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # RoBERTa's ids 0..4
 
@@ -71,7 +78,7 @@ def build_tiny_text(corpus: list[str]) -> tuple[RobertaModel, RobertaTokenizerFa
     tokenizer = build_tiny_tokenizer(corpus)
     config = RobertaConfig(
         vocab_size=len(tokenizer), hidden_size=TINY_WIDTH, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=256, max_position_embeddings=TINY_MAX_LEN + 2,  # RoBERTa offsets positions by pad+1
+        intermediate_size=256, max_position_embeddings=TINY_MAX_LEN + ROBERTA_POSITION_OFFSET,
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, type_vocab_size=1,
     )
@@ -195,3 +202,148 @@ def load_vision_model(path: str | Path, device: torch.device | str = "cpu"):
     model = CLIPVisionModel.from_pretrained(path, local_files_only=True).to(device).eval()
     processor = CLIPImageProcessorPil.from_pretrained(path, local_files_only=True)
     return model, processor
+
+
+# --- facts about a saved folder ---------------------------------------------------------------
+
+
+def weights_sha256(model_dir: str | Path) -> str:
+    """sha256 of the model weights: model.safetensors, or all *.safetensors shards in name order."""
+    files = sorted(Path(model_dir).glob("*.safetensors"))
+    if not files:
+        raise FaclipError(f"no *.safetensors weights in {model_dir}; run `dvc repro train`")
+    if len(files) == 1:
+        return sha256_file(files[0])
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"{file.name}\0{sha256_file(file)}\n".encode())
+    return digest.hexdigest()
+
+
+def position_limit(config) -> int | None:
+    """The longest token sequence a text model's position table holds (None if it has no table)."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is None:
+        return None
+    return positions - ROBERTA_POSITION_OFFSET if getattr(config, "model_type", "") == "roberta" else positions
+
+
+def check_max_text_len(text_dir: str | Path, max_text_len: int) -> None:
+    """max_text_len must fit the position table of the text model in `text_dir`."""
+    limit = position_limit(AutoConfig.from_pretrained(require_model_folder(text_dir), local_files_only=True))
+    if limit is not None and max_text_len > limit:
+        raise FaclipError(f"params.yaml: max_text_len={max_text_len} is too long for the text model in "
+                          f"{text_dir}; use at most {limit}")
+
+
+def trained_max_len(model_dir: str | Path) -> int | None:
+    """The max_text_len a fine-tuned model was trained with (faclip.json params), or None."""
+    max_len = read_model_info(model_dir).get("params", {}).get("max_text_len")
+    return int(max_len) if max_len else None
+
+
+def text_max_len(model_dir: str | Path, tokenizer, model) -> int:
+    """Token budget for passages: what training used, else the tokenizer's and position table's limit."""
+    trained = trained_max_len(model_dir)
+    if trained:
+        return trained
+    limits = [tokenizer.model_max_length, position_limit(model.config)]
+    return int(min(limit for limit in limits if limit))
+
+
+def check_same_vision(model_dir: str | Path, vision_sha256: str, what: str) -> None:
+    """A text model only makes sense against the vision model it was tuned with (faclip.json's vision_sha256)."""
+    expected = read_model_info(model_dir).get("vision_sha256")
+    if expected and expected != vision_sha256:
+        raise FaclipError(f"{what} come from another vision model than {model_dir} was trained against; "
+                          "run `dvc repro` (base, embed, train, index) so they match")
+
+
+def embed_passages(model_dir: str | Path, texts: list[str], *, max_len: int | None = None,
+                   batch_size: int = 64, progress: bool = True, device=None) -> np.ndarray:
+    """Load the text model in `model_dir` and encode `texts` (N, D), L2-normalised float32.
+
+    `max_len` defaults to `text_max_len` of that model; `device` to `pick_device()`.
+    """
+    model, tokenizer = load_text_model(model_dir, device=device or pick_device())
+    max_len = max_len or text_max_len(model_dir, tokenizer, model)
+    logger.info("encoding %d passages with %s (max_len %d)", len(texts), model_dir, max_len)
+    return encode_texts(model, tokenizer, texts, max_len=max_len, batch_size=batch_size, progress=progress)
+
+
+# --- the fine-tuned folder ---------------------------------------------------------------------
+
+
+def model_card(*, params: TrainParams, metrics: dict, logit_scale: float, base_source: str,
+               base_text_sha256: str, vision_sha256: str) -> str:
+    """The fine-tuned folder's README.md: what it is, base models, data, metrics, how to load it."""
+    m = metrics
+
+    def fmt(value):
+        return "n/a" if value is None else f"{value:.3f}"
+
+    return f"""---
+library_name: transformers
+language: fa
+tags: [clip, persian, food, retrieval, faclip]
+---
+# faclip text encoder (fine-tuned)
+
+A Persian text encoder tuned with frozen image embeddings (locked-image tuning, as in LiT) so that a
+passage about a dish lands near photos of that dish. Pair it with the vision encoder whose folder
+hash is `{vision_sha256}`: texts and images are compared by cosine similarity of the
+L2-normalised pooled outputs.
+
+## Base models
+- text: `{base_source}` (base folder sha256 `{base_text_sha256}`)
+- vision (frozen, used through cached image embeddings): folder sha256 `{vision_sha256}`
+
+## Training data
+{m['train_pairs']} train (image, passage) pairs over {m['dishes']} dishes;
+{m['passages']} passages in the docstore; {m['test_images']} held-out test images.
+
+## Training
+{params.epochs} epochs, {m['steps']} steps, batch {params.batch_size}, AdamW lr {params.learning_rate}
+(warmup {params.warmup_steps} steps, then cosine), weight decay {params.weight_decay},
+max_text_len {params.max_text_len}, seed {params.seed}; symmetric InfoNCE with every same-dish pair
+as a positive; learned logit_scale {logit_scale:.4f} (temperature {math.exp(-logit_scale):.4f}).
+
+## Held-out results (image -> passage, test split)
+| | recall@1 | recall@5 |
+|---|---|---|
+| untrained (base text model) | {fmt(m['untrained_test_recall@1'])} | {fmt(m['untrained_test_recall@5'])} |
+| this model | {fmt(m['test_recall@1'])} | {fmt(m['test_recall@5'])} |
+
+Final train loss: {fmt(m['loss'])}.
+
+## How to load
+```python
+import torch
+from transformers import AutoModel, AutoTokenizer
+
+tokenizer = AutoTokenizer.from_pretrained("models/finetuned")
+model = AutoModel.from_pretrained("models/finetuned").eval()
+batch = tokenizer(["قورمه سبزی"], padding=True, truncation=True, max_length={params.max_text_len}, return_tensors="pt")
+with torch.no_grad():
+    text_emb = torch.nn.functional.normalize(model(**batch).pooler_output, dim=-1)
+```
+Training fed texts through `faclip.text.normalize_text` (Persian letters for Arabic ones, no
+diacritics, tidy ZWNJ/spaces); normalise queries the same way for the best match. `faclip.json` holds
+the learned `logit_scale` (cosine similarities times exp(logit_scale) are CLIP logits).
+"""
+
+
+def save_finetuned(out_dir: str | Path, model, *, base_text_dir: str | Path, params: TrainParams, metrics: dict,
+                   logit_scale: float, base_text_sha256: str, vision_sha256: str) -> None:
+    """Write the HF folder (safetensors + tokenizer), faclip.json and the model card, atomically."""
+    base_source = read_model_info(base_text_dir).get("source", str(base_text_dir))
+    card = model_card(params=params, metrics=metrics, logit_scale=logit_scale, base_source=base_source,
+                      base_text_sha256=base_text_sha256, vision_sha256=vision_sha256)
+    with atomic_dir(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        # A fresh copy: tokenising stores truncation/padding state in tokenizer.json, which would make
+        # the folder's bytes depend on the last call made.
+        AutoTokenizer.from_pretrained(base_text_dir, local_files_only=True).save_pretrained(tmp)
+        write_json(tmp / FACLIP_JSON, {"logit_scale": logit_scale, "base_text_sha256": base_text_sha256,
+                                       "vision_sha256": vision_sha256, "params": dataclasses.asdict(params)})
+        write_text(tmp / "README.md", card)

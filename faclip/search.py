@@ -21,8 +21,8 @@ import numpy as np
 from faclip.encode import ImageSource, encode_images, encode_texts, load_rgb, pick_device
 from faclip.errors import FaclipError
 from faclip.files import sha256_dir
-from faclip.index import load_index, search, text_max_len
-from faclip.models import load_text_model, load_vision_model, read_model_info
+from faclip.index import load_index, search
+from faclip.models import check_same_vision, load_text_model, load_vision_model, text_max_len
 from faclip.tables import load_docstore
 from faclip.text import normalize_text
 
@@ -64,15 +64,11 @@ class Retriever:
         self.passages = docstore.set_index("id").loc[manifest["passage_ids"]].reset_index()
         self.text_model, self.tokenizer = load_text_model(model_dir, device=self.device)
         self.max_len = text_max_len(model_dir, self.tokenizer, self.text_model)
-        self.info = read_model_info(self.model_dir)
 
     @cached_property
     def _vision(self):
         # The text model was tuned against one vision model: another one would give meaningless scores.
-        expected = self.info.get("vision_sha256")
-        if expected and sha256_dir(self.vision_dir) != expected:
-            raise FaclipError(f"{self.model_dir} was trained against another vision model than {self.vision_dir}; "
-                              "run `dvc repro` (base, embed, train, index) so they match")
+        check_same_vision(self.model_dir, sha256_dir(self.vision_dir), f"the images encoded by {self.vision_dir}")
         return load_vision_model(self.vision_dir, device=self.device)
 
     def by_image(self, image: ImageSource, k: int = 5) -> list[Hit]:

@@ -13,7 +13,7 @@ from faclip.models import materialise_base, tiny_corpus
 from faclip.params import load_params
 from faclip.tables import load_docstore
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("stages.base")
 
 
 def main(argv=None):

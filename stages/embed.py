@@ -9,12 +9,12 @@ Output: --out folder (embeddings.npy, image_sha256.txt, manifest.json).
 import argparse
 import logging
 
-from faclip.embeddings import embed_images, save_image_embeddings
+from faclip.embed import embed_images, save_image_embeddings
 from faclip.errors import run_main
 from faclip.params import load_params
 from faclip.tables import load_pairs
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("stages.embed")
 
 
 def main(argv=None):

@@ -14,7 +14,7 @@ from faclip.evaluate import run_evaluation
 from faclip.files import atomic_dir, write_json
 from faclip.params import load_params
 
-logger = logging.getLogger("evaluate")
+logger = logging.getLogger("stages.evaluate")
 
 
 def main(argv=None):

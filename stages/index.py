@@ -12,7 +12,7 @@ from faclip.errors import run_main
 from faclip.index import build_passage_index
 from faclip.params import load_params
 
-logger = logging.getLogger("index")
+logger = logging.getLogger("stages.index")
 
 
 def main(argv=None):

@@ -11,9 +11,9 @@ import logging
 from faclip.errors import run_main
 from faclip.files import atomic_path, write_json
 from faclip.params import load_params
-from faclip.raw import prepare_dataset
+from faclip.prepare import prepare_dataset
 
-logger = logging.getLogger("prepare")
+logger = logging.getLogger("stages.prepare")
 
 
 def main(argv=None):

@@ -18,8 +18,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from faclip.errors import run_main  # noqa: E402
 from faclip.files import write_json  # noqa: E402
+from faclip.models import save_finetuned  # noqa: E402
 from faclip.params import load_params  # noqa: E402
-from faclip.train import save_finetuned, train_text_encoder  # noqa: E402
+from faclip.train import train_text_encoder  # noqa: E402
 
 
 def main(argv=None):
@@ -44,7 +45,9 @@ def main(argv=None):
 
     # 3. outputs, written once (by the main process when there are several)
     if result.is_main_process:
-        save_finetuned(args.out, result, params, base_text_dir=args.text)
+        save_finetuned(args.out, result.model, base_text_dir=args.text, params=params, metrics=result.metrics,
+                       logit_scale=result.logit_scale, base_text_sha256=result.base_text_sha256,
+                       vision_sha256=result.vision_sha256)
         write_json(args.metrics, result.metrics)
 
 

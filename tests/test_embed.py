@@ -11,8 +11,8 @@ import pytest
 import yaml
 from conftest import REPO, draw_dish_image, make_raw_dataset
 
-import faclip.embeddings as embeddings
-from faclip.embeddings import ImageEmbeddings, embed_images, load_image_embeddings, save_image_embeddings
+import faclip.embed as embeddings
+from faclip.embed import ImageEmbeddings, embed_images, load_image_embeddings, save_image_embeddings
 from faclip.encode import encode_images
 from faclip.errors import FaclipError
 from faclip.files import sha256_dir, sha256_file

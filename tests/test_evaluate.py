@@ -1,5 +1,6 @@
 """The evaluate stage: 1.0 for a perfect encoder, chance for a random one, relevance by dish, the outputs."""
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -10,11 +11,12 @@ import pytest
 import yaml
 from test_search import write_docstore
 
-from faclip.embeddings import ImageEmbeddings, save_image_embeddings
+from faclip.embed import ImageEmbeddings, save_image_embeddings
 from faclip.errors import FaclipError
-from faclip.evaluate import (EvalSet, chance_metrics, check_vision, evaluate_encoder, gain, load_test_set,
-                             per_dish_recall_at_1)
+from faclip.evaluate import chance_metrics, evaluate_encoder, gain, per_dish_recall_at_1
 from faclip.index import build_index, build_passage_index
+from faclip.models import check_same_vision
+from faclip.testset import TestSet, load_test_set
 
 KS = (1, 5, 10)
 
@@ -23,22 +25,28 @@ def unit(x: np.ndarray) -> np.ndarray:
     return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
 
 
+def make_test_set(dishes, image_emb, image_dishes, passage_dish) -> TestSet:
+    """A TestSet from a dense (images x dishes) bool matrix of the dishes each image shows."""
+    shown_image, shown_dish = np.nonzero(np.asarray(image_dishes, dtype=bool))
+    return TestSet(dishes=list(dishes), image_sha256=[f"{i:064x}" for i in range(len(image_emb))],
+                   image_emb=image_emb, shown_image=shown_image, shown_dish=shown_dish,
+                   passage_dish=np.asarray(passage_dish))
+
+
 def synthetic(n_dishes: int, passages_per_dish: int, images_per_dish: int, dim: int, seed: int = 0):
-    """A EvalSet of one-dish images, and the passage dish of each row: vectors are filled in by each test."""
+    """A TestSet of one-dish images, and the passage dish of each row: vectors are filled in by each test."""
     rng = np.random.default_rng(seed)
     passage_dish = np.repeat(np.arange(n_dishes), passages_per_dish)
     image_dish = np.repeat(np.arange(n_dishes), images_per_dish)
-    test = EvalSet(dishes=[f"dish{d}" for d in range(n_dishes)],
-                   image_sha256=[f"{i:064x}" for i in range(len(image_dish))],
-                   image_emb=unit(rng.standard_normal((len(image_dish), dim))),
-                   image_dishes=np.eye(n_dishes, dtype=bool)[image_dish], passage_dish=passage_dish)
+    test = make_test_set([f"dish{d}" for d in range(n_dishes)], unit(rng.standard_normal((len(image_dish), dim))),
+                    np.eye(n_dishes, dtype=bool)[image_dish], passage_dish)
     return test, image_dish, rng
 
 
 def test_a_perfect_encoder_scores_one_everywhere():
     test, image_dish, _ = synthetic(n_dishes=6, passages_per_dish=3, images_per_dish=4, dim=16)
     directions = np.eye(16, dtype=np.float32)[:6]  # one direction per dish: same-dish cosine 1, others 0
-    test = EvalSet(**{**test.__dict__, "image_emb": directions[image_dish]})
+    test = dataclasses.replace(test, image_emb=directions[image_dish])
     text_emb = directions[test.passage_dish]
     metrics, hits = evaluate_encoder(test, text_emb, KS, index=build_index(text_emb, "Flat"))
     for direction in ("image_to_text", "text_to_image"):
@@ -68,12 +76,12 @@ def test_the_index_path_agrees_with_exact_search():
 
 
 def test_queries_searched_in_chunks_give_the_same_result(monkeypatch):
-    import faclip.evaluate
+    import faclip.index
 
     test, _, rng = synthetic(n_dishes=5, passages_per_dish=4, images_per_dish=6, dim=32, seed=4)
     text_emb = unit(rng.standard_normal((20, 32)))
     whole, whole_hits = evaluate_encoder(test, text_emb, KS)
-    monkeypatch.setattr(faclip.evaluate, "QUERY_CHUNK", 7)  # 30 images, 20 passages: several partial chunks
+    monkeypatch.setattr(faclip.index, "QUERY_CHUNK", 7)  # 30 images, 20 passages: several partial chunks
     chunked, chunked_hits = evaluate_encoder(test, text_emb, KS)
     assert chunked == whole and (chunked_hits == whole_hits).all()
 
@@ -84,8 +92,7 @@ def test_gain_is_finetuned_minus_base_key_by_key():
 
 
 def test_per_dish_recall_counts_an_image_for_each_of_its_dishes():
-    test = EvalSet(dishes=["a", "b", "c"], image_sha256=["1", "2", "3"], image_emb=np.zeros((3, 2), np.float32),
-                   image_dishes=np.array([[1, 0, 0], [1, 1, 0], [0, 1, 0]], dtype=bool), passage_dish=np.array([0, 1, 2]))
+    test = make_test_set(["a", "b", "c"], np.zeros((3, 2), np.float32), [[1, 0, 0], [1, 1, 0], [0, 1, 0]], [0, 1, 2])
     hits = {"finetuned": np.array([[True], [False], [True]]), "base": np.array([[False], [True], [False]])}
     table = per_dish_recall_at_1(test, hits)
     assert table["food_id"].tolist() == ["a", "b"]  # c has no test image
@@ -129,30 +136,29 @@ def test_load_test_set_takes_test_images_and_every_dish_they_show(tmp_path, capl
                                             orphan])])
     pairs.to_csv(tmp_path / "pairs.csv", index=False)
     with caplog.at_level(logging.WARNING):
-        test = load_test_set(tmp_path / "pairs.csv", docstore, fake_embeddings(pairs, dim=8))
+        test = load_test_set(pairs, docstore, fake_embeddings(pairs, dim=8))
     assert "1 test images left out" in caplog.text
     assert len(test.image_sha256) == 2 * docstore["food_id"].nunique()  # 2 test images per dish, not the orphan
     assert test.image_sha256 == sorted(test.image_sha256) and sha("orphan") not in test.image_sha256
     row = test.image_sha256.index(shared["image_sha256"])
-    shown = {test.dishes[c] for c in np.flatnonzero(test.image_dishes[row])}
+    shown = {test.dishes[c] for c in range(len(test.dishes)) if test.shows(row, c)}
     assert shown == {shared["food_id"], other["food_id"]}
-    assert test.image_dishes.sum() == len(test.image_sha256) + 1
+    assert len(test.shown_image) == len(test.image_sha256) + 1
     assert [test.dishes[d] for d in test.passage_dish] == docstore["food_id"].tolist()
 
 
-def test_no_test_images_is_a_one_line_error(tmp_path):
+def test_no_test_images_is_an_empty_test_set(tmp_path):
     docstore = write_docstore(tmp_path / "docstore.parquet")
     pairs = fake_pairs(docstore).assign(split="train")
-    pairs.to_csv(tmp_path / "pairs.csv", index=False)
-    with pytest.raises(FaclipError, match="no test-split images"):
-        load_test_set(tmp_path / "pairs.csv", docstore, fake_embeddings(pairs, dim=8))
+    test = load_test_set(pairs, docstore, fake_embeddings(pairs, dim=8))
+    assert test.image_sha256 == [] and test.image_emb.shape == (0, 8) and not test.shows(0, 0)
 
 
 def test_image_embeddings_from_another_vision_model_are_refused(tmp_path):
     (tmp_path / "faclip.json").write_text(json.dumps({"vision_sha256": "a" * 64}))
-    check_vision(tmp_path, ImageEmbeddings(["0" * 64], np.ones((1, 2), np.float32), "a" * 64))  # same: fine
-    with pytest.raises(FaclipError, match="another vision model.*dvc repro train"):
-        check_vision(tmp_path, ImageEmbeddings(["0" * 64], np.ones((1, 2), np.float32), "b" * 64))
+    check_same_vision(tmp_path, "a" * 64, "the image embeddings")  # same: fine
+    with pytest.raises(FaclipError, match="image embeddings come from another vision model.*dvc repro"):
+        check_same_vision(tmp_path, "b" * 64, "the image embeddings")
 
 
 # --- the stage script ----------------------------------------------------------------------------
@@ -214,3 +220,10 @@ def test_stage_refuses_an_index_built_from_another_docstore(stage_inputs, tmp_pa
     with pytest.raises(FaclipError, match="another docstore.*dvc repro index"):
         load_stage().main(stage_inputs)
     assert not (tmp_path / "metrics").exists()
+
+
+def test_stage_with_no_test_images_is_a_one_line_error(stage_inputs, tmp_path):
+    pairs = pd.read_csv(tmp_path / "pairs.csv").assign(split="train")
+    pairs.to_csv(tmp_path / "pairs.csv", index=False)
+    with pytest.raises(FaclipError, match="no test-split images"):
+        load_stage().main(stage_inputs)

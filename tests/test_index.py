@@ -9,8 +9,8 @@ import pytest
 
 from faclip.errors import FaclipError
 from faclip.files import sha256_file
-from faclip.index import (INDEX_FILE, build_index, check_manifest, load_index, save_index,
-                          search, weights_sha256)
+from faclip.index import INDEX_FILE, build_index, check_manifest, load_index, save_index, search
+from faclip.models import weights_sha256
 from faclip.tables import load_docstore
 
 
@@ -170,8 +170,7 @@ def test_index_stage_embeds_every_passage_and_rebuilds_byte_identical(tmp_path, 
 
 
 def test_max_len_comes_from_training_params_else_the_model(tmp_path, tiny_model_dirs):
-    from faclip.index import text_max_len
-    from faclip.models import load_text_model
+    from faclip.models import load_text_model, text_max_len
 
     text_dir, _ = tiny_model_dirs
     model, tokenizer = load_text_model(text_dir)

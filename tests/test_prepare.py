@@ -11,7 +11,7 @@ from PIL import Image, ImageFile
 
 from conftest import DISHES, REPO, draw_dish_image, make_raw_dataset
 from faclip.errors import FaclipError
-from faclip.raw import prepare_dataset, split_images
+from faclip.prepare import prepare_dataset, split_images
 from faclip.text import passage_id_for
 
 GOOD = {"title": "فسنجان", "response": "فسنجان با گردو و رب انار پخته می‌شود."}
@@ -45,6 +45,20 @@ def test_all_three_json_forms_and_bom(raw_root):
     fesenjan = out.pairs[out.pairs.image_path == "forms/a.jpg"]
     assert len(fesenjan) == 4  # object + 2 lines + BOM list
     assert out.stats["skipped_total"] == 0
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".JSONL"])
+def test_jsonl_files_are_read_in_all_three_forms(raw_root, suffix):
+    folder = raw_root / "jsonl"
+    add_image(folder, "a.jpg")
+    record = {**GOOD, "image_path": "a.jpg"}
+    lines = [json.dumps({**record, "response": f"پاراگراف {i} دربارهٔ فسنجان."}, ensure_ascii=False) for i in range(3)]
+    write(folder / f"lines{suffix}", "\n".join(lines) + "\n")
+    write(folder / f"one{suffix}", json.dumps({**record, "response": "یک شیء تنها."}, ensure_ascii=False))
+    write(folder / f"list{suffix}", json.dumps([{**record, "response": "فهرستی از یک رکورد."}], ensure_ascii=False))
+    out = prepare(raw_root)
+    assert len(out.pairs[out.pairs.image_path == "jsonl/a.jpg"]) == 5
+    assert out.stats["json_files"] == 4 + 3 and out.stats["skipped_total"] == 0
 
 
 BAD_CASES = {

@@ -6,6 +6,7 @@ the tests check the retrieval machinery (brute-force agreement, own passage firs
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -108,8 +109,10 @@ def test_stale_index_is_refused(setup, tmp_path):
 
 def test_vision_model_must_be_the_one_the_text_model_was_tuned_against(setup, tmp_path):
     text_dir, vision_dir, index_dir, docstore_path, *_ = setup
-    retriever = Retriever(text_dir, vision_dir, index_dir, docstore_path, device="cpu")
-    retriever.info = {"vision_sha256": "0" * 64}  # as a finetuned faclip.json naming another vision model
+    tuned = tmp_path / "finetuned"  # same weights (the index still matches), tuned against another vision model
+    shutil.copytree(text_dir, tuned)
+    (tuned / "faclip.json").write_text(json.dumps({"vision_sha256": "0" * 64}))
+    retriever = Retriever(tuned, vision_dir, index_dir, docstore_path, device="cpu")
     with pytest.raises(FaclipError, match="another vision model"):
         retriever.by_image(setup[5])
 

@@ -17,9 +17,8 @@ import pandas as pd
 
 from faclip.encode import encode_images, pick_device
 from faclip.errors import FaclipError
-from faclip.files import atomic_dir, sha256_dir, write_json, write_text
+from faclip.files import atomic_dir, resolve_under_root, sha256_dir, write_json, write_text
 from faclip.models import load_vision_model, require_model_folder
-from faclip.raw import resolve_image
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +95,7 @@ def _distinct_images(pairs: pd.DataFrame, data_root: Path) -> dict[str, Path]:
     if pairs.empty:
         raise FaclipError("the training pairs list no images; check data.root and rerun `dvc repro prepare`")
     first = pairs.drop_duplicates("image_sha256").sort_values("image_sha256")
-    images = {sha: resolve_image(data_root, data_root, rel) for sha, rel in zip(first["image_sha256"], first["image_path"])}
+    images = {sha: resolve_under_root(data_root, data_root, rel) for sha, rel in zip(first["image_sha256"], first["image_path"])}
     outside = [rel for rel, path in zip(first["image_path"], images.values()) if path is None]
     if outside:
         raise FaclipError(f"the training pairs name {len(outside)} image(s) outside data.root, e.g. {outside[0]!r}; "

@@ -1,6 +1,6 @@
-"""Reading the raw layout: JSON records + images under data.root -> docstore, pairs, and a skip report.
+"""The `prepare` stage's logic: JSON records + images under data.root -> docstore, pairs, and a skip report.
 
-A JSON file is one object, a list of objects, or JSON Lines; a record is
+A `*.json` or `*.jsonl` file is one object, a list of objects, or JSON Lines; a record is
 `{"title", "response", "image_path"}` with the image path relative to the JSON file's folder.
 Every bad record is skipped, counted by reason and named (file, position, detail); nothing bad
 reaches the outputs, and nothing good is silently changed.
@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from faclip.errors import FaclipError
+from faclip.files import resolve_under_root
 from faclip.tables import DOCSTORE_COLUMNS, PAIRS_COLUMNS
 from faclip.text import food_id_for, passage_id_for
 
@@ -31,7 +32,7 @@ MAX_IMAGE_PIXELS = 64_000_000
 LOGGED_PER_REASON = 20
 
 LAYOUT_HINT = (
-    "expected folders (any depth) of images and *.json files, each record "
+    "expected folders (any depth) of images and *.json / *.jsonl files, each record "
     '{"title": ..., "response": ..., "image_path": path relative to the JSON file}'
 )
 
@@ -67,10 +68,13 @@ class Prepared:
     stats: dict
 
 
+JSON_SUFFIXES = (".json", ".jsonl")  # either suffix may hold any of the three forms
+
+
 def find_json_files(root: Path) -> list[Path]:
-    """Every *.json file under root, in a sorted, machine-independent order."""
+    """Every *.json / *.jsonl file under root, in a sorted, machine-independent order."""
     files = [Path(d) / f for d, _, names in os.walk(root, followlinks=False) for f in names
-             if f.lower().endswith(".json")]
+             if f.lower().endswith(JSON_SUFFIXES)]
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
@@ -111,39 +115,37 @@ def _text_field(record: dict, key: str) -> str | None:
     return value.strip() if isinstance(value, str) and value.strip() else None
 
 
-def resolve_image(root: Path, json_dir: Path, image_path: str) -> Path | None:
-    """The image's path under root, or None if it points outside (absolute, `..`, or a symlink out)."""
-    if os.path.isabs(image_path) or image_path.startswith(("\\", "~")):
-        return None
-    candidate = Path(os.path.normpath(json_dir / image_path))
-    try:
-        candidate.resolve().relative_to(root.resolve())
-        candidate.relative_to(root)
-    except ValueError:
-        return None
-    return candidate
+@dataclass(frozen=True)
+class ImageCheck:
+    """What verifying one image found: its sha256, or the skip reason and detail."""
+
+    path: str
+    sha256: str | None
+    reason: str = ""
+    detail: str = ""
 
 
-def check_image(path: str) -> tuple[str, str | None, str]:
-    """(path, sha256 or None, reason/detail): hash the file and decode it fully, refusing bombs from the header."""
+def check_image(path: str) -> ImageCheck:
+    """Hash the file and decode it fully, refusing bombs from the header."""
     try:
         data = Path(path).read_bytes()
     except OSError as err:
-        return path, None, f"image_unreadable: {err.strerror}"
+        return ImageCheck(path, None, "image_unreadable", str(err.strerror))
     try:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size  # from the header; nothing decoded yet
             if width * height > MAX_IMAGE_PIXELS:
-                return path, None, f"image_too_large: {width}x{height} pixels (limit {MAX_IMAGE_PIXELS})"
+                return ImageCheck(path, None, "image_too_large",
+                                  f"{width}x{height} pixels (limit {MAX_IMAGE_PIXELS})")
             image.load()  # full decode: catches truncated and corrupt files
     except Image.DecompressionBombError as err:
-        return path, None, f"image_too_large: {err}"
+        return ImageCheck(path, None, "image_too_large", str(err))
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
-        return path, None, f"image_corrupt: {err}"
-    return path, hashlib.sha256(data).hexdigest(), ""
+        return ImageCheck(path, None, "image_corrupt", str(err))
+    return ImageCheck(path, hashlib.sha256(data).hexdigest())
 
 
-def check_images(paths: list[str], workers: int) -> dict[str, tuple[str | None, str]]:
+def check_images(paths: list[str], workers: int) -> dict[str, ImageCheck]:
     """Hash and verify images, in parallel worker processes when there are many."""
     if workers > 1 and len(paths) >= 256:
         with ProcessPoolExecutor(workers) as pool:
@@ -151,7 +153,7 @@ def check_images(paths: list[str], workers: int) -> dict[str, tuple[str | None, 
                                 desc="verify images", unit="img"))
     else:
         results = [check_image(p) for p in tqdm(paths, desc="verify images", unit="img")]
-    return {path: (sha, reason) for path, sha, reason in results}
+    return {result.path: result for result in results}
 
 
 def split_images(image_food: pd.DataFrame, test_fraction: float) -> dict[str, str]:
@@ -197,7 +199,7 @@ def prepare_dataset(root: str | Path, test_fraction: float, workers: int | None 
                 skips.add("missing_response", source, position)
             elif not isinstance(image_path, str) or not image_path.strip():
                 skips.add("missing_image_path", source, position)
-            elif (image := resolve_image(root, path.parent, image_path.strip())) is None:
+            elif (image := resolve_under_root(root, path.parent, image_path.strip())) is None:
                 skips.add("image_outside_root", source, position, image_path)
             elif not image.is_file():
                 skips.add("image_missing", source, position, image_path)
@@ -207,11 +209,11 @@ def prepare_dataset(root: str | Path, test_fraction: float, workers: int | None 
     checked = check_images(sorted({str(r[4]) for r in records}), workers or min(4, os.cpu_count() or 1))
     rows, passages = [], {}
     for source, position, title, response, image in records:
-        sha, problem = checked[str(image)]
-        if sha is None:
-            reason, _, detail = problem.partition(": ")
-            skips.add(reason, source, position, f"{image.relative_to(root).as_posix()}: {detail}")
+        check = checked[str(image)]
+        if check.sha256 is None:
+            skips.add(check.reason, source, position, f"{image.relative_to(root).as_posix()}: {check.detail}")
             continue
+        sha = check.sha256
         passage_id, food_id = passage_id_for(response), food_id_for(title)
         passages.setdefault(passage_id, (passage_id, food_id, title, response))
         rows.append((image.relative_to(root).as_posix(), sha, passage_id, food_id))
