@@ -161,3 +161,20 @@ def search_hits(index: faiss.Index, queries: np.ndarray, depth: int, is_relevant
         _, ids = search(index, queries[start:start + QUERY_CHUNK], depth)  # (chunk, depth)
         parts.append(hits_from_ids(ids, lambda q, items: is_relevant(q + start, items)))
     return np.concatenate(parts)
+
+
+def recall_vs_exact(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray, k: int = 10) -> float:
+    """Share of the exact top-k (brute force over `vectors`, the index's own rows) that `index` returns, averaged
+    over queries: 1.0 for Flat, what an approximate factory costs otherwise (autofaiss's recall measure)."""
+    assert index.ntotal == len(vectors), "the index must hold `vectors`, row for row"
+    k = min(k, index.ntotal)
+    if len(queries) == 0 or k == 0:
+        return 1.0
+    exact_index = build_index(vectors, "Flat")
+    found = 0
+    for start in range(0, len(queries), QUERY_CHUNK):
+        chunk = queries[start:start + QUERY_CHUNK]
+        _, approx = search(index, chunk, k)  # (chunk, k)
+        _, exact = search(exact_index, chunk, k)  # (chunk, k)
+        found += int(((approx[:, :, None] == exact[:, None, :]) & (exact[:, None, :] >= 0)).any(axis=1).sum())
+    return found / (len(queries) * k)

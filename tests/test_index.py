@@ -196,3 +196,18 @@ def test_index_stage_too_few_passages_is_one_line_on_stderr(tmp_path, tiny_model
     errors = [line for line in result.stderr.splitlines() if line.startswith("faclip error")]
     assert len(errors) == 1 and "needs at least 64 passages" in errors[0] and "has 8" in errors[0], result.stderr
     assert not (tmp_path / "index").exists()
+
+
+# --- recall against exact search ----------------------------------------------------------------
+
+
+def test_recall_vs_exact_is_one_for_flat_and_measures_what_ivf_misses():
+    from faclip.index import recall_vs_exact
+
+    passages, queries = unit_vectors(2000), unit_vectors(50, seed=5)
+    assert recall_vs_exact(build_index(passages, "Flat"), passages, queries, k=10) == 1.0
+    ivf = build_index(passages, "IVF64,Flat")
+    faiss.extract_index_ivf(ivf).nprobe = 1
+    low = recall_vs_exact(ivf, passages, queries, k=10)
+    faiss.extract_index_ivf(ivf).nprobe = 64  # every list: exact again
+    assert low < 0.6 and recall_vs_exact(ivf, passages, queries, k=10) == 1.0
