@@ -1,10 +1,11 @@
 """Symmetric multi-positive InfoNCE (CLIP's loss, open_clip style), knowing nothing of config.
 
-CLIP's loss takes the diagonal as the only positive. Here a batch often holds several pairs of
-one dish (one image with two passages, two photos of one dish), so every in-batch pair with the
-same `food_id` is a positive: the target of each row is spread uniformly over its positives.
-Treating same-dish pairs as negatives (as the original project did, grouping by image) would push
-apart exactly what the model should pull together.
+CLIP's loss takes the diagonal as the only positive. Here every in-batch pair with the same group id
+is a positive, the target of each row spread uniformly over its positives. What a group is, the
+caller decides (`faclip.train` maps the `positives` param to ids): the dish (a batch often holds
+several pairs of one dish: one image with two passages, two photos of one dish; the default), the
+image (the original project's grouping, which treats two photos of one dish as negatives and pushes
+apart what the model should pull together), or the pair itself (plain CLIP: the diagonal only).
 """
 
 import math
@@ -16,23 +17,24 @@ LOGIT_SCALE_INIT = math.log(1 / 0.07)  # CLIP's initial temperature 0.07
 LOGIT_SCALE_MAX = math.log(100)  # CLIP clamps the scale at 100 to keep training stable
 
 
-def positive_targets(food_ids: torch.Tensor) -> torch.Tensor:
-    """Soft targets (B, B): row i is uniform over the pairs j with food_ids[j] == food_ids[i]."""
-    positives = (food_ids[:, None] == food_ids[None, :]).float()  # (B, B), symmetric, diagonal set
+def positive_targets(group_ids: torch.Tensor) -> torch.Tensor:
+    """Soft targets (B, B): row i is uniform over the pairs j with group_ids[j] == group_ids[i]."""
+    positives = (group_ids[:, None] == group_ids[None, :]).float()  # (B, B), symmetric, diagonal set
     return positives / positives.sum(dim=1, keepdim=True)
 
 
-def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, food_ids: torch.Tensor,
+def contrastive_loss(image_features: torch.Tensor, text_features: torch.Tensor, group_ids: torch.Tensor,
                      logit_scale: torch.Tensor) -> torch.Tensor:
-    """Mean of the image->text and text->image cross-entropies, with all same-dish pairs positive.
+    """Mean of the image->text and text->image cross-entropies, with all same-group pairs positive.
 
-    `image_features`, `text_features`: L2-normalised (B, D); `food_ids`: int (B,) dish indices;
-    `logit_scale`: the log inverse temperature (a scalar parameter).
+    `image_features`, `text_features`: L2-normalised (B, D); `group_ids`: int (B,), pairs sharing an
+    id are positives of each other (distinct ids: CLIP's loss); `logit_scale`: the log inverse
+    temperature (a scalar parameter).
     """
     logits_per_image = logit_scale.exp() * image_features @ text_features.T  # (B, B)
     logits_per_text = logits_per_image.T  # (B, B)
-    # Positives are symmetric (same dish both ways), so both directions share one target matrix.
-    targets = positive_targets(food_ids)  # (B, B)
+    # Positives are symmetric (same group both ways), so both directions share one target matrix.
+    targets = positive_targets(group_ids)  # (B, B)
     return (F.cross_entropy(logits_per_image, targets) + F.cross_entropy(logits_per_text, targets)) / 2
 
 

@@ -14,6 +14,9 @@ import yaml
 from faclip.errors import FaclipError
 
 TINY = "tiny"
+# The loss's positives: pairs of the same dish, pairs sharing the image (the original project), or
+# each pair alone (plain CLIP).
+POSITIVES = ("dish", "image", "pair")
 
 
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -61,6 +64,7 @@ class TrainParams:
     warmup_steps: int = 20
     max_text_len: int = 128
     seed: int = 42
+    positives: str = "dish"  # which in-batch pairs are positives: one of POSITIVES
 
     def __post_init__(self):
         _check(_is_int(self.epochs) and self.epochs >= 0, "epochs", self.epochs,
@@ -76,6 +80,8 @@ class TrainParams:
         _check(_is_int(self.max_text_len) and 8 <= self.max_text_len <= 512, "max_text_len",
                self.max_text_len, "use a whole number from 8 to 512")
         _check(_is_int(self.seed) and self.seed >= 0, "seed", self.seed, "use a whole number >= 0")
+        _check(self.positives in POSITIVES, "positives", self.positives,
+               "use dish (same-dish pairs, the default), image (pairs sharing the photo) or pair (plain CLIP)")
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
@@ -55,6 +56,7 @@ class TrainData:
     passage_idx: torch.Tensor  # (N,) docstore row of each train pair
     image_emb: torch.Tensor  # (N, D) frozen, L2-normalised image vector of each train pair
     food_idx: torch.Tensor  # (N,) dish index of each train pair
+    image_idx: torch.Tensor  # (N,) distinct-image index of each train pair
 
 
 def load_data(*, docstore: Path, pairs: Path, image_embeddings: Path, tokenizer, max_len: int):
@@ -82,10 +84,16 @@ def load_data(*, docstore: Path, pairs: Path, image_embeddings: Path, tokenizer,
         image_emb=torch.from_numpy(np.ascontiguousarray(embeddings.lookup(train["image_sha256"].tolist()),
                                                         dtype=np.float32)),
         food_idx=torch.tensor([dish_idx[f] for f in train["food_id"]]),
+        image_idx=torch.from_numpy(pd.factorize(train["image_sha256"], sort=True)[0]),
     )
 
     held_out = load_test_set(pairs_df, passages, embeddings)
     return train_data, held_out, passages["passage_text"].tolist(), embeddings.vision_sha256
+
+
+def group_ids(data: TrainData, positives: str) -> torch.Tensor:
+    """The loss's group id of each train pair (N,): pairs sharing one are positives (`positives` param)."""
+    return {"dish": data.food_idx, "image": data.image_idx, "pair": torch.arange(len(data.food_idx))}[positives]
 
 
 def get_batch(data: TrainData, pair_idx: torch.Tensor, tokenizer):
@@ -177,7 +185,7 @@ def train_text_encoder(*, text_dir: Path, docstore: Path, pairs: Path, image_emb
     # The last partial batch of each epoch is dropped: each rank needs an equal shard, each step its negatives.
     steps_per_epoch = n_pairs // batch_size
     total_steps = params.epochs * steps_per_epoch
-    image_emb, food_idx = data.image_emb.to(accelerator.device), data.food_idx.to(accelerator.device)
+    image_emb, groups = data.image_emb.to(accelerator.device), group_ids(data, params.positives).to(accelerator.device)
     counts = {"train_pairs": n_pairs, "dishes": int(data.food_idx.unique().numel()),
               "passages": len(passages), "test_images": len(held_out.image_sha256)}
     logger.info("%d train pairs, batch %d on %d process(es), %d steps/epoch", n_pairs, batch_size, world,
@@ -233,7 +241,7 @@ def train_text_encoder(*, text_dir: Path, docstore: Path, pairs: Path, image_emb
             features = F.normalize(features.float(), dim=-1)[pair_to_unique.to(accelerator.device)]  # (b, D)
             features = gather_features(features, accelerator)  # (B, D): the global batch, in rank order
             batch = batch.to(accelerator.device)
-            loss = contrastive_loss(image_emb[batch], features, food_idx[batch], logit_scale)  # global batch
+            loss = contrastive_loss(image_emb[batch], features, groups[batch], logit_scale)  # global batch
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             sum_gathered_grads(model, world)

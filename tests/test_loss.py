@@ -66,3 +66,34 @@ def test_gradient_reaches_text_features_and_logit_scale():
 def test_temperature_constants():
     assert math.exp(LOGIT_SCALE_INIT) == pytest.approx(1 / 0.07)
     assert math.exp(LOGIT_SCALE_MAX) == pytest.approx(100)
+
+
+def test_train_maps_each_positives_value_to_its_groups():
+    from faclip.train import TrainData, group_ids
+
+    # Four pairs: photo A of dish 0 with two passages, photo B of dish 0, photo C of dish 1.
+    data = TrainData(passage_tokens=[], passage_idx=torch.tensor([0, 1, 0, 2]), image_emb=torch.zeros(4, 2),
+                     food_idx=torch.tensor([0, 0, 0, 1]), image_idx=torch.tensor([0, 0, 1, 2]))
+    same = {p: positive_targets(group_ids(data, p)) > 0 for p in ("dish", "image", "pair")}
+    assert same["dish"][0].tolist() == [True, True, True, False]  # both photos of dish 0
+    assert same["image"][0].tolist() == [True, True, False, False]  # photo A's two pairs, not photo B
+    assert same["pair"].equal(torch.eye(4, dtype=torch.bool))  # plain CLIP: the diagonal
+
+
+def test_image_grouping_pushes_two_photos_of_a_dish_apart():
+    # Two photos of one dish, one passage each; a text encoder that put both passages in between.
+    image_features = F.normalize(torch.tensor([[1.0, 0.2], [1.0, -0.2]]), dim=-1)
+    text_features = F.normalize(torch.tensor([[1.0, 0.0], [1.0, 0.0]]), dim=-1)
+    by_dish = contrastive_loss(image_features, text_features, torch.tensor([0, 0]), torch.tensor(3.0))
+    by_image = contrastive_loss(image_features, text_features, torch.tensor([0, 1]), torch.tensor(3.0))
+    # Same dish: the targets are uniform over both, and equal logits meet them: loss = log 2 exactly.
+    assert by_dish.item() == pytest.approx(math.log(2), rel=1e-6)
+    # By image the other photo is a negative with the same logit: still log 2 here, but its gradient
+    # pushes passage 0 towards photo 0 and away from photo 1, while by dish there is nothing to push.
+    assert by_image.item() == pytest.approx(math.log(2), rel=1e-6)
+    grads = {}
+    for name, groups in (("dish", [0, 0]), ("image", [0, 1])):
+        text = text_features.clone().requires_grad_()
+        contrastive_loss(image_features, text, torch.tensor(groups), torch.tensor(3.0)).backward()
+        grads[name] = text.grad
+    assert grads["dish"].abs().max() < 1e-6 and grads["image"].abs().max() > 0.1

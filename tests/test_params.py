@@ -22,6 +22,8 @@ def test_repo_params_yaml_parses_with_training_keys_top_level():
     ({"learning_rate": "fast"}, "learning_rate"),
     ({"warmup_steps": -3}, "warmup_steps"),
     ({"max_text_len": 4}, "max_text_len"),
+    ({"positives": "dishes"}, "positives"),
+    ({"positives": None}, "positives"),
     ({"data": {"test_fraction": 1.0}}, "data.test_fraction"),
     ({"data": {"root": ""}}, "data.root"),
     ({"model": {"text": ""}}, "model.text"),
