@@ -19,8 +19,15 @@ def tool_env() -> dict:
 
 
 def run(cwd: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    """Run a command in cwd; on failure with check, raise with its output."""
-    result = subprocess.run(list(cmd), cwd=cwd, env=tool_env(), capture_output=True, text=True)
+    """Run a command in cwd; on failure with check, raise with its output.
+
+    In a repo copy, the copy's own faclip is imported (not the editable install's), so the code that
+    runs is the code its dvc.lock hashes.
+    """
+    env = tool_env()
+    if (Path(cwd) / "faclip" / "__init__.py").is_file():
+        env["PYTHONPATH"] = str(cwd)
+    result = subprocess.run(list(cmd), cwd=cwd, env=env, capture_output=True, text=True)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} exited {result.returncode}\n{result.stdout}\n{result.stderr}")
     return result
