@@ -6,21 +6,30 @@ and search all come here).
 factory, dim, count, passage-id order and the sha256 of the docstore, of the model weights and of the
 index file. Readers call `check_manifest` first, so an index never silently outlives its inputs.
 All vectors are L2-normalised and the index uses inner product, so `Flat` is exact cosine search.
+
+`index.factory: auto` chooses the factory as autofaiss does (`choose_factory`: Flat while exact search
+is fast enough, then HNSW, then IVF with ~4 sqrt(N) lists, PQ codes only when the memory budget demands)
+and tunes its search-time knob (`nprobe` / `efSearch`) on held-out queries until `recall_vs_exact@10`
+reaches `index.recall_target`. The manifest records what was chosen and why, the knob and the measured
+recall (`factory`, `factory_requested`, `factory_reason`, `search_params`, `recall_vs_exact@10`,
+`recall_queries`); `load_index` applies the manifest's `search_params`, so every reader searches alike.
 """
 
 import json
 import logging
+import math
 import re
 from pathlib import Path
 
 import faiss
 import numpy as np
 
+from faclip.embed import load_image_embeddings
 from faclip.errors import FaclipError
 from faclip.files import atomic_dir, sha256_file, write_json
 from faclip.metrics import hits_from_ids
 from faclip.models import embed_passages, weights_sha256
-from faclip.tables import load_docstore
+from faclip.tables import load_docstore, load_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +41,17 @@ SEED = 1234  # IVF k-means seed (PQ codebooks keep faiss's fixed default): a reb
 IVF_NPROBE = 32
 HNSW_EF_SEARCH = 128
 QUERY_CHUNK = 4096  # queries per FAISS call: keeps each chunk's (chunk, depth) ids/scores small
+# index.factory: auto. Exact search costs ~0.2 ns per (passage x dim) on one core (BENCHMARKS.md, section 3),
+# so Flat stays while passages x dim <= 5e7 (~10 ms a query). HNSW's build runs on one thread (determinism):
+# ~3 min per 1M passages at 128-d, ~12 min at 768-d, so IVF takes over beyond a million.
+AUTO = "auto"
+FLAT_MAX_WORK = 50_000_000
+HNSW_MAX_PASSAGES = 1_000_000
+HNSW_M = 32
+MIN_POINTS_PER_LIST = 39  # faiss's k-means wants >= 39 training points per centroid
+RECALL_K = 10
+TUNE_QUERIES = 1000  # held-out queries the knob is tuned on (a seeded sample of the train split's images)
+EF_SEARCH_MAX = 4096
 
 
 def _training_points_needed(err: RuntimeError) -> int | None:
@@ -94,14 +114,17 @@ def _set_search_defaults(index: faiss.Index) -> None:
 
 
 def save_index(index: faiss.Index, out_dir: str | Path, *, factory: str, passage_ids: list[str],
-               docstore_sha256: str, model_sha256: str) -> dict:
-    """Write passages.faiss + manifest.json into `out_dir` (replaced whole); returns the manifest."""
+               docstore_sha256: str, model_sha256: str, search_facts: dict | None = None) -> dict:
+    """Write passages.faiss + manifest.json into `out_dir` (replaced whole); returns the manifest.
+
+    `search_facts` (what `tune_index` returns: the choice, its reason, the knob, the measured recall) are
+    recorded too."""
     assert index.ntotal == len(passage_ids)
     with atomic_dir(out_dir) as tmp:
         faiss.write_index(index, str(tmp / INDEX_FILE))
         manifest = {
-            "factory": factory, "dim": index.d, "count": index.ntotal, "passage_ids": list(passage_ids),
-            "docstore_sha256": docstore_sha256, "model_sha256": model_sha256,
+            "factory": factory, "dim": index.d, "count": index.ntotal, **(search_facts or {}),
+            "passage_ids": list(passage_ids), "docstore_sha256": docstore_sha256, "model_sha256": model_sha256,
             "index_sha256": sha256_file(tmp / INDEX_FILE),
         }
         write_json(tmp / MANIFEST_FILE, manifest)
@@ -109,15 +132,172 @@ def save_index(index: faiss.Index, out_dir: str | Path, *, factory: str, passage
 
 
 def build_passage_index(model_dir: str | Path, docstore_path: str | Path, out_dir: str | Path,
-                        factory: str, device=None) -> dict:
-    """Embed every docstore passage with `model_dir`, index them with `factory`, write `out_dir`."""
+                        factory: str, *, max_memory_mb: int = 4096, recall_target: float = 0.95,
+                        nprobe: int | None = None, efSearch: int | None = None,
+                        queries: np.ndarray | None = None, device=None) -> dict:
+    """Embed every docstore passage with `model_dir`, index them with `factory` (or `auto`), write `out_dir`.
+
+    `queries` (Q, D) are held-out query vectors the search knob is tuned and recall measured on (the
+    passages themselves when None)."""
     docstore = load_docstore(docstore_path)
     vectors = embed_passages(model_dir, docstore["passage_text"].tolist(), device=device)  # (N, D)
+    requested = factory
+    reason = "given as index.factory"
+    if factory == AUTO:
+        factory, reason = choose_factory(len(vectors), vectors.shape[1], max_memory_mb)
     index = build_index(vectors, factory)
+    if requested == AUTO:  # a knob given for a kind of index that auto did not choose is left unused
+        knob = search_knob(index)
+        nprobe, efSearch = (nprobe if knob == "nprobe" else None), (efSearch if knob == "efSearch" else None)
+    facts = tune_index(index, vectors, queries, recall_target=recall_target if requested == AUTO else None,
+                       nprobe=nprobe, efSearch=efSearch)
+    facts = {"factory_requested": requested, "factory_reason": reason, **facts}
     manifest = save_index(index, out_dir, factory=factory, passage_ids=docstore["id"].tolist(),
-                          docstore_sha256=sha256_file(docstore_path), model_sha256=weights_sha256(model_dir))
-    logger.info("indexed %d passages (dim %d, %s) in %s", index.ntotal, index.d, factory, out_dir)
+                          docstore_sha256=sha256_file(docstore_path), model_sha256=weights_sha256(model_dir),
+                          search_facts=facts)
+    logger.info("indexed %d passages (dim %d, %s, %s; recall_vs_exact@%d %.4f) in %s", index.ntotal, index.d,
+                factory, facts["search_params"] or "no search knob", RECALL_K, facts[f"recall_vs_exact@{RECALL_K}"],
+                out_dir)
     return manifest
+
+
+# --- index.factory: auto -----------------------------------------------------------------------------
+
+
+def held_out_queries(pairs_path: str | Path, image_embeddings_path: str | Path) -> np.ndarray:
+    """The train split's distinct image vectors (M, D): image->passage queries that `evaluate`'s test photos are
+    not among, so the knob is tuned on other queries than those its recall is reported on."""
+    pairs = load_pairs(pairs_path)
+    shas = sorted(set(pairs.loc[pairs["split"] == "train", "image_sha256"]))
+    return load_image_embeddings(image_embeddings_path).lookup(shas)  # (M, D)
+
+
+def _ivf_lists(count: int) -> int:
+    # ~4 sqrt(N) lists (autofaiss, FAISS wiki), but never fewer than 39 training points per list.
+    return max(1, min(int(round(4 * math.sqrt(count))), count // MIN_POINTS_PER_LIST))
+
+
+def index_bytes(factory_kind: str, count: int, dim: int, *, nlist: int = 0, pq_m: int = 0) -> int:
+    """Estimated memory of an index of `count` vectors: 'flat', 'hnsw', 'ivf_flat' or 'ivf_pq' (8-bit codes)."""
+    if factory_kind == "flat":
+        return 4 * dim * count
+    if factory_kind == "hnsw":  # vectors + level-0 links (2M int32) + upper levels (~1/M of nodes) and levels
+        return count * (4 * dim + 4 * 2 * HNSW_M + 4 * HNSW_M // 2 + 16)
+    lists = 4 * dim * nlist + 8 * count  # centroids + one int64 id per vector
+    if factory_kind == "ivf_flat":
+        return lists + 4 * dim * count
+    assert factory_kind == "ivf_pq"
+    return lists + pq_m * count + 4 * dim * 256  # codes + codebooks
+
+
+def choose_factory(count: int, dim: int, max_memory_mb: int) -> tuple[str, str]:
+    """(factory, why) for `count` passages of `dim` under `max_memory_mb`, as autofaiss picks them."""
+    budget = max_memory_mb * 2**20
+    mib = f"{max_memory_mb} MiB"
+    if index_bytes("flat", count, dim) <= budget:
+        if count * dim <= FLAT_MAX_WORK:
+            return "Flat", f"exact search: {count} passages x {dim} dims <= {FLAT_MAX_WORK:.0e} (~10 ms a query)"
+        if count <= HNSW_MAX_PASSAGES and index_bytes("hnsw", count, dim) <= budget:
+            return f"HNSW{HNSW_M}", (f"{count} passages x {dim} dims is too slow for exact search; "
+                                     f"<= {HNSW_MAX_PASSAGES} passages and the graph fits {mib}")
+        nlist = _ivf_lists(count)
+        if index_bytes("ivf_flat", count, dim, nlist=nlist) <= budget:
+            why = (f"more than {HNSW_MAX_PASSAGES} passages for HNSW's one-thread build"
+                   if count > HNSW_MAX_PASSAGES else f"the HNSW graph does not fit {mib}")
+            return f"IVF{nlist},Flat", f"{why}; {nlist} lists (~4 sqrt(N)), full vectors fit {mib}"
+    nlist = _ivf_lists(count)
+    for pq_m in sorted((m for m in range(1, dim // 2 + 1) if dim % m == 0), reverse=True):
+        if index_bytes("ivf_pq", count, dim, nlist=nlist, pq_m=pq_m) <= budget:
+            return f"IVF{nlist},PQ{pq_m}", (f"full vectors ({index_bytes('flat', count, dim) / 2**20:.0f} MiB) do not "
+                                            f"fit {mib}: {pq_m}-byte PQ codes, {nlist} lists (~4 sqrt(N))")
+    need = index_bytes("ivf_pq", count, dim, nlist=nlist, pq_m=1) / 2**20
+    raise FaclipError(f"index.max_memory_mb={max_memory_mb} is too small for {count} passages of dim {dim} (the "
+                      f"smallest index needs ~{math.ceil(need)} MiB); raise it")
+
+
+def search_knob(index: faiss.Index) -> str | None:
+    """The faiss ParameterSpace name of the index's search-time knob: nprobe (IVF), efSearch (HNSW), or None."""
+    if faiss.try_extract_index_ivf(index) is not None:
+        return "nprobe"
+    if hasattr(faiss.downcast_index(index), "hnsw"):
+        return "efSearch"
+    return None
+
+
+def set_search_params(index: faiss.Index, search_params: dict) -> None:
+    """Apply {'nprobe': n} / {'efSearch': n} to `index` (as the manifest records them)."""
+    for name, value in search_params.items():
+        faiss.ParameterSpace().set_index_parameter(index, name, int(value))
+
+
+def _get_knob(index: faiss.Index, knob: str | None) -> int | None:
+    if knob == "nprobe":
+        return faiss.extract_index_ivf(index).nprobe
+    return faiss.downcast_index(index).hnsw.efSearch if knob == "efSearch" else None
+
+
+def _knob_range(index: faiss.Index, knob: str) -> tuple[int, int]:
+    if knob == "nprobe":
+        return 1, faiss.extract_index_ivf(index).nlist
+    return RECALL_K, EF_SEARCH_MAX
+
+
+def tune_index(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray | None, *,
+               recall_target: float | None, nprobe: int | None = None, efSearch: int | None = None) -> dict:
+    """Set the index's search knob and measure its recall_vs_exact@10 on `queries` (a sample of `vectors` if None).
+
+    A knob given (`nprobe` / `efSearch`) is used as is; else, with a `recall_target`, the smallest value that
+    reaches it (doubling, then bisection: recall grows with the knob); else faclip's defaults. Returns the
+    manifest's facts: search_params, recall_vs_exact@10, recall_queries, and recall_target when tuned."""
+    knob = search_knob(index)
+    given = {name: value for name, value in (("nprobe", nprobe), ("efSearch", efSearch)) if value is not None}
+    for name in given:
+        if name != knob:
+            raise FaclipError(f"index.{name}={given[name]} does not apply to this index ({knob or 'no'} search knob); "
+                              f"set index.{name} to null")
+    source = "held-out queries"
+    if queries is None or len(queries) == 0:
+        source, queries = "indexed passages", vectors
+    rows = np.random.default_rng(SEED).permutation(len(queries))[:TUNE_QUERIES]
+    queries = np.ascontiguousarray(queries[np.sort(rows)], dtype=np.float32)  # (Q, D)
+    exact = _exact_ids(vectors, queries, RECALL_K)  # (Q, k): once, for every knob value tried
+
+    def recall_at(value: int | None) -> float:
+        if value is not None:
+            set_search_params(index, {knob: value})
+        return _share_found(index, queries, exact)
+
+    facts = {}
+    if knob in given:
+        value = given[knob]
+    elif knob is not None and recall_target is not None:
+        value = _smallest_reaching(recall_at, recall_target, *_knob_range(index, knob))
+        facts["recall_target"] = recall_target
+    else:
+        _set_search_defaults(index)
+        value = _get_knob(index, knob)
+    search_params = {knob: int(value)} if knob else {}
+    recall = recall_at(value)
+    if "recall_target" in facts and recall < recall_target:
+        logger.warning("%s reaches recall_vs_exact@%d %.4f < index.recall_target %s even at %s=%d; "
+                       "raise index.max_memory_mb or give a factory", faiss.downcast_index(index).__class__.__name__,
+                       RECALL_K, recall, recall_target, knob, value)
+    return {"search_params": search_params, f"recall_vs_exact@{RECALL_K}": round(recall, 4),
+            "recall_queries": f"{len(queries)} {source}", **facts}
+
+
+def _smallest_reaching(recall_at, target: float, low: int, high: int) -> int:
+    """The smallest knob value in [low, high] whose recall reaches `target` (`high` when none does)."""
+    value = low
+    while value < high and recall_at(value) < target:
+        low, value = value + 1, min(2 * value, high)
+    while low < value:  # recall_at(value) reaches the target (or value == high); the answer is in [low, value]
+        middle = (low + value) // 2
+        if recall_at(middle) >= target:
+            value = middle
+        else:
+            low = middle + 1
+    return value
 
 
 def read_manifest(index_dir: str | Path) -> dict:
@@ -144,6 +324,7 @@ def load_index(index_dir: str | Path, model_dir: str | Path, docstore_path: str 
     """Load the FAISS index after `check_manifest`: (index, manifest)."""
     manifest = check_manifest(index_dir, model_dir, docstore_path)
     index = faiss.read_index(str(Path(index_dir) / INDEX_FILE))
+    set_search_params(index, manifest.get("search_params", {}))  # the knob the index stage chose, in every reader
     return index, manifest
 
 
@@ -167,14 +348,23 @@ def recall_vs_exact(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray
     """Share of the exact top-k (brute force over `vectors`, the index's own rows) that `index` returns, averaged
     over queries: 1.0 for Flat, what an approximate factory costs otherwise (autofaiss's recall measure)."""
     assert index.ntotal == len(vectors), "the index must hold `vectors`, row for row"
-    k = min(k, index.ntotal)
-    if len(queries) == 0 or k == 0:
+    if len(queries) == 0 or index.ntotal == 0:
         return 1.0
+    return _share_found(index, queries, _exact_ids(vectors, queries, k))
+
+
+def _exact_ids(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """The exact top-k rows of `vectors` for each query (Q, k), by brute force."""
     exact_index = build_index(vectors, "Flat")
+    return np.concatenate([search(exact_index, queries[start:start + QUERY_CHUNK], k)[1]
+                           for start in range(0, len(queries), QUERY_CHUNK)])
+
+
+def _share_found(index: faiss.Index, queries: np.ndarray, exact: np.ndarray) -> float:
+    """Share of the exact ids (Q, k) that `index` returns in its own top k, over all queries."""
     found = 0
     for start in range(0, len(queries), QUERY_CHUNK):
-        chunk = queries[start:start + QUERY_CHUNK]
-        _, approx = search(index, chunk, k)  # (chunk, k)
-        _, exact = search(exact_index, chunk, k)  # (chunk, k)
-        found += int(((approx[:, :, None] == exact[:, None, :]) & (exact[:, None, :] >= 0)).any(axis=1).sum())
-    return found / (len(queries) * k)
+        chunk = exact[start:start + QUERY_CHUNK]  # (chunk, k)
+        _, approx = search(index, queries[start:start + QUERY_CHUNK], chunk.shape[1])  # (chunk, k)
+        found += int(((approx[:, :, None] == chunk[:, None, :]) & (chunk[:, None, :] >= 0)).any(axis=1).sum())
+    return found / exact.size

@@ -86,11 +86,34 @@ class TrainParams:
 
 @dataclass(frozen=True)
 class IndexParams:
-    factory: str = "Flat"
+    factory: str = "auto"  # 'auto' (chosen from passages, dim, max_memory_mb) or a FAISS index_factory string
+    max_memory_mb: int = 4096  # what the index may take in memory; 'auto' picks PQ codes only beyond it
+    recall_target: float = 0.95  # 'auto' tunes nprobe / efSearch until recall_vs_exact@10 reaches this
+    nprobe: int | None = None  # IVF lists searched per query; None: tuned ('auto') or faclip's default
+    efSearch: int | None = None  # HNSW search depth; None: tuned ('auto') or faclip's default
 
     def __post_init__(self):
         _check(isinstance(self.factory, str) and self.factory.strip() != "", "index.factory",
-               self.factory, "use a FAISS index_factory string such as Flat, HNSW32 or IVF64,Flat")
+               self.factory, "use auto or a FAISS index_factory string such as Flat, HNSW32 or IVF64,Flat")
+        _check(_is_int(self.max_memory_mb) and self.max_memory_mb >= 1, "index.max_memory_mb", self.max_memory_mb,
+               "use a whole number of MiB >= 1, e.g. 4096")
+        _check(_is_number(self.recall_target) and 0 < self.recall_target <= 1, "index.recall_target",
+               self.recall_target, "use a number in (0, 1], e.g. 0.95")
+        for key, value in (("index.nprobe", self.nprobe), ("index.efSearch", self.efSearch)):
+            _check(value is None or (_is_int(value) and value >= 1), key, value,
+                   "use a whole number >= 1, or null to tune it (factory auto) or keep faclip's default")
+
+
+@dataclass(frozen=True)
+class EmbedParams:
+    """How `embed` runs (not what it computes: a row's vector does not depend on its batch)."""
+    batch_size: int | str = "auto"  # images per forward pass; auto: 32 on CPU, 256 on GPU
+    num_workers: int | str = "auto"  # DataLoader decode workers per process; auto: up to 8, by cores per process
+
+    def __post_init__(self):
+        for key, value, low in (("embed.batch_size", self.batch_size, 1), ("embed.num_workers", self.num_workers, 0)):
+            _check(value == "auto" or (_is_int(value) and value >= low), key, value,
+                   f"use auto or a whole number >= {low}")
 
 
 @dataclass(frozen=True)
@@ -110,9 +133,11 @@ class Params:
     train: TrainParams
     index: IndexParams
     eval: EvalParams
+    embed: EmbedParams = EmbedParams()
 
 
-SECTIONS = {"data": DataParams, "model": ModelParams, "index": IndexParams, "eval": EvalParams}
+SECTIONS = {"data": DataParams, "model": ModelParams, "embed": EmbedParams, "index": IndexParams,
+            "eval": EvalParams}
 
 
 def _build(cls, values: dict, where: str):

@@ -145,7 +145,8 @@ def make_other_vision_model(repo: Path, dest: Path) -> Path:
     ({"learning_rate": 0.001}, {"train", "index", "evaluate"}),
     ({"model.vision": "OTHER_VISION"}, {"base", "embed", "train", "index", "evaluate"}),
     ({"data.test_fraction": 0.3}, {"prepare", "embed", "train", "index", "evaluate"}),
-], ids=["eval", "index", "epochs", "learning_rate", "model.vision", "data.test_fraction"])
+    ({"embed.batch_size": 7, "embed.num_workers": 0}, {"embed"}),  # same vectors (cached): nothing downstream
+], ids=["eval", "index", "epochs", "learning_rate", "model.vision", "data.test_fraction", "embed"])
 def test_param_edit_reruns_only_affected_stages(repo, tmp_path, edit, expected):
     if edit.get("model.vision") == "OTHER_VISION":
         edit = {"model.vision": str(make_other_vision_model(repo, tmp_path / "vision2"))}

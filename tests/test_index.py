@@ -152,7 +152,7 @@ def test_index_stage_embeds_every_passage_and_rebuilds_byte_identical(tmp_path, 
 
     text_dir, _ = tiny_model_dirs
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "params.yaml").write_text("index:\n  factory: HNSW16\n")
+    (tmp_path / "params.yaml").write_text("index:\n  factory: HNSW16\n  efSearch: 8\n")
     docstore = write_docstore(tmp_path / "docstore.parquet")
     args = ["--model", str(text_dir), "--docstore", "docstore.parquet", "--out", "index"]
     run_index_stage(args)
@@ -162,6 +162,8 @@ def test_index_stage_embeds_every_passage_and_rebuilds_byte_identical(tmp_path, 
 
     index, manifest = load_index(tmp_path / "index", text_dir, tmp_path / "docstore.parquet")
     assert manifest["factory"] == "HNSW16" and manifest["count"] == len(docstore) == index.ntotal
+    assert manifest["factory_requested"] == "HNSW16" and manifest["search_params"] == {"efSearch": 8}
+    assert faiss.downcast_index(index).hnsw.efSearch == 8
     assert manifest["passage_ids"] == docstore["id"].tolist()
     model, tokenizer = load_text_model(text_dir)
     vectors = encode_texts(model, tokenizer, docstore["passage_text"].tolist(), max_len=512)
@@ -211,3 +213,71 @@ def test_recall_vs_exact_is_one_for_flat_and_measures_what_ivf_misses():
     low = recall_vs_exact(ivf, passages, queries, k=10)
     faiss.extract_index_ivf(ivf).nprobe = 64  # every list: exact again
     assert low < 0.6 and recall_vs_exact(ivf, passages, queries, k=10) == 1.0
+
+
+# --- index.factory: auto ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("count, dim, budget_mb, expected", [
+    (55, 128, 4096, "Flat"),                  # the sample
+    (300_000, 128, 4096, "Flat"),             # 3.8e7 <= 5e7: exact search still ~10 ms a query
+    (100_000, 768, 4096, "HNSW32"),           # 7.7e7 > 5e7: too slow for Flat
+    (100_000, 768, 300, "IVF1265,Flat"),      # the graph (~330 MiB) does not fit, the vectors (~293 MiB) do
+    (2_000_000, 128, 4096, "IVF5657,Flat"),   # beyond HNSW's one-thread build
+    (1_000_000, 768, 1024, "IVF4000,PQ384"),  # 2.9 GiB of vectors in 1 GiB: PQ codes
+    (1_000_000, 768, 100, "IVF4000,PQ64"),    # smaller budget, shorter codes
+])
+def test_auto_chooses_the_factory_from_count_dim_and_budget(count, dim, budget_mb, expected):
+    from faclip.index import choose_factory
+
+    factory, reason = choose_factory(count, dim, budget_mb)
+    assert factory == expected, reason
+
+
+def test_auto_with_a_budget_too_small_for_any_index_is_a_one_line_error():
+    from faclip.index import choose_factory
+
+    with pytest.raises(FaclipError, match=r"index.max_memory_mb=1 is too small.*raise it") as err:
+        choose_factory(1_000_000, 768, 1)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("factory, knob", [("IVF64,Flat", "nprobe"), ("HNSW16", "efSearch")])
+def test_auto_tunes_the_smallest_knob_that_reaches_the_recall_target(factory, knob):
+    from faclip.index import recall_vs_exact, set_search_params, tune_index
+
+    passages, queries = unit_vectors(3000), unit_vectors(200, seed=2)
+    index = build_index(passages, factory)
+    facts = tune_index(index, passages, queries, recall_target=0.9)
+    value = facts["search_params"][knob]
+    assert facts["recall_vs_exact@10"] >= 0.9 and facts["recall_target"] == 0.9
+    assert facts["recall_vs_exact@10"] == round(recall_vs_exact(index, passages, queries), 4)  # left set
+    set_search_params(index, {knob: value - 1})
+    assert recall_vs_exact(index, passages, queries) < 0.9  # the smallest value that reaches it
+
+
+def test_a_given_knob_is_used_and_one_for_another_index_is_an_error():
+    from faclip.index import tune_index
+
+    passages = unit_vectors(1000)
+    facts = tune_index(build_index(passages, "IVF16,Flat"), passages, None, recall_target=0.99, nprobe=3)
+    assert facts["search_params"] == {"nprobe": 3} and "recall_target" not in facts
+    assert facts["recall_queries"] == "1000 indexed passages"
+    assert tune_index(build_index(passages, "Flat"), passages, None, recall_target=None)["recall_vs_exact@10"] == 1.0
+    with pytest.raises(FaclipError, match=r"index.efSearch=64 does not apply.*set index.efSearch to null"):
+        tune_index(build_index(passages, "IVF16,Flat"), passages, None, recall_target=None, efSearch=64)
+
+
+def test_load_index_applies_the_manifests_search_params(built, tmp_path):
+    from faclip.index import tune_index
+
+    index_dir, model_dir, docstore_path = built
+    ids = load_docstore(docstore_path)["id"].tolist() * 80  # 400 rows (ids may repeat: only the count matters)
+    passages = unit_vectors(400)
+    index = build_index(passages, "IVF16,Flat")
+    facts = tune_index(index, passages, None, recall_target=None, nprobe=5)
+    faiss.extract_index_ivf(index).nprobe = 1  # the manifest, not the file, is what readers get
+    save_index(index, index_dir, factory="IVF16,Flat", passage_ids=ids, docstore_sha256=sha256_file(docstore_path),
+               model_sha256=weights_sha256(model_dir), search_facts=facts)
+    loaded, manifest = load_index(index_dir, model_dir, docstore_path)
+    assert manifest["search_params"] == {"nprobe": 5} and faiss.extract_index_ivf(loaded).nprobe == 5
