@@ -12,6 +12,7 @@ text queries by the fine-tuned text model; both are searched in the passage inde
 import dataclasses
 import json
 import logging
+import threading
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -51,7 +52,11 @@ class Hit:
 
 
 class Retriever:
-    """Loads the text model, index and docstore once (the vision model on the first image query)."""
+    """Loads the text model, index and docstore once (the vision model on the first image query).
+
+    Safe to share between threads (a web server's workers): model calls take a lock, because a
+    tokenizer or model is not re-entrant; decoding a photo and the FAISS search run outside it.
+    """
 
     def __init__(self, model_dir: str | Path = DEFAULT_MODEL, vision_dir: str | Path = DEFAULT_VISION,
                  index_dir: str | Path = DEFAULT_INDEX, docstore_path: str | Path = DEFAULT_DOCSTORE,
@@ -59,11 +64,12 @@ class Retriever:
         self.model_dir, self.vision_dir = Path(model_dir), Path(vision_dir)
         self.device = device or pick_device()
         docstore = load_docstore(docstore_path)
-        self.index, manifest = load_index(index_dir, model_dir, docstore_path)  # checks the manifest hashes
+        self.index, self.manifest = load_index(index_dir, model_dir, docstore_path)  # checks the manifest hashes
         # Row i of the index is manifest passage_ids[i]; the docstore hash matched, so every id is there.
-        self.passages = docstore.set_index("id").loc[manifest["passage_ids"]].reset_index()
+        self.passages = docstore.set_index("id").loc[self.manifest["passage_ids"]].reset_index()
         self.text_model, self.tokenizer = load_text_model(model_dir, device=self.device)
         self.max_len = text_max_len(model_dir, self.tokenizer, self.text_model)
+        self._model_lock = threading.Lock()
 
     @cached_property
     def _vision(self):
@@ -71,29 +77,53 @@ class Retriever:
         check_same_vision(self.model_dir, sha256_dir(self.vision_dir), f"the images encoded by {self.vision_dir}")
         return load_vision_model(self.vision_dir, device=self.device)
 
-    def by_image(self, image: ImageSource, k: int = 5) -> list[Hit]:
-        """The k passages closest to a photo (path, bytes or PIL image)."""
+    def by_image(self, image: ImageSource, k: int = 5, per_dish: int | None = None) -> list[Hit]:
+        """The k passages closest to a photo (path, bytes or PIL image); at most `per_dish` per food_id."""
+        check_k(k, per_dish)
         image = load_rgb(image)  # an unreadable image fails here, as one line
-        model, processor = self._vision
-        return self._search(encode_images(model, processor, [image]), k)
+        with self._model_lock:
+            model, processor = self._vision
+            query = encode_images(model, processor, [image])  # (1, D)
+        return self._search(query, k, per_dish)
 
-    def by_text(self, text: str, k: int = 5) -> list[Hit]:
-        """The k passages closest to a text query."""
+    def by_text(self, text: str, k: int = 5, per_dish: int | None = None) -> list[Hit]:
+        """The k passages closest to a text query; at most `per_dish` per food_id."""
+        check_k(k, per_dish)
         check_text_query(text)
-        return self._search(encode_texts(self.text_model, self.tokenizer, [text], max_len=self.max_len), k)
+        with self._model_lock:
+            query = encode_texts(self.text_model, self.tokenizer, [text], max_len=self.max_len)  # (1, D)
+        return self._search(query, k, per_dish)
 
-    def _search(self, query: np.ndarray, k: int) -> list[Hit]:
-        if k < 1:
-            raise FaclipError(f"k={k} is invalid; ask for at least 1 passage")
-        scores, ids = search(self.index, query, k)  # (1, k) each
-        hits = []
-        for score, i in zip(scores[0].tolist(), ids[0].tolist()):
-            if i < 0:  # an approximate index may return fewer than k results
-                continue
-            row = self.passages.iloc[i]
-            hits.append(Hit(rank=len(hits) + 1, score=float(score), passage_id=row["id"], food_id=row["food_id"],
-                            title=row["title"], passage_text=row["passage_text"]))
-        return hits
+    def _search(self, query: np.ndarray, k: int, per_dish: int | None) -> list[Hit]:
+        # With a per-dish cap the top k passages may hold too few dishes: widen the search until k
+        # passages pass the cap or the whole index was searched.
+        fetch = k if per_dish is None else min(k * 4, self.index.ntotal)
+        while True:
+            scores, ids = search(self.index, query, fetch)  # (1, fetch) each
+            hits, per_food = [], {}
+            for score, i in zip(scores[0].tolist(), ids[0].tolist()):
+                if i < 0:  # an approximate index may return fewer than k results
+                    continue
+                row = self.passages.iloc[i]
+                if per_dish is not None:
+                    if per_food.get(row["food_id"], 0) >= per_dish:
+                        continue
+                    per_food[row["food_id"]] = per_food.get(row["food_id"], 0) + 1
+                hits.append(Hit(rank=len(hits) + 1, score=float(score), passage_id=row["id"],
+                                food_id=row["food_id"], title=row["title"], passage_text=row["passage_text"]))
+                if len(hits) == k:
+                    return hits
+            if per_dish is None or fetch >= self.index.ntotal:
+                return hits
+            fetch = min(fetch * 4, self.index.ntotal)
+
+
+def check_k(k, per_dish=None) -> None:
+    """k (and a per-dish cap, when given) must be whole numbers of at least 1."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise FaclipError(f"k={k!r} is invalid; ask for at least 1 passage")
+    if per_dish is not None and (isinstance(per_dish, bool) or not isinstance(per_dish, int) or per_dish < 1):
+        raise FaclipError(f"per_dish={per_dish!r} is invalid; keep at least 1 passage per dish, or leave it out")
 
 
 def check_text_query(text) -> None:
