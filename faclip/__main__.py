@@ -52,7 +52,7 @@ def add_artifact_arguments(parser: argparse.ArgumentParser) -> None:
 def search_command(args: argparse.Namespace) -> None:
     # A bad query fails before the models load (seconds for a real model), not after.
     if args.image is not None:
-        query = load_rgb(args.image)
+        load_rgb(args.image)
     else:
         check_text_query(args.text)
     if args.k < 1:
@@ -61,8 +61,9 @@ def search_command(args: argparse.Namespace) -> None:
         raise FaclipError(f"--per-dish {args.per_dish} is invalid; keep at least 1 passage per dish, or leave it out")
     transformers.utils.logging.disable_progress_bar()  # the CLI's output is the hits, not loading bars
     retriever = Retriever(args.model, args.vision, args.index, args.docstore)
+    # The photo goes in by path, so the Retriever decodes it as `embed` decodes (a JPEG at reduced size).
     if args.image is not None:
-        hits = retriever.by_image(query, k=args.k, per_dish=args.per_dish)
+        hits = retriever.by_image(args.image, k=args.k, per_dish=args.per_dish)
     else:
         hits = retriever.by_text(args.text, k=args.k, per_dish=args.per_dish)
     sys.stdout.write(format_hits(hits, as_json=args.json) + "\n")

@@ -2,8 +2,14 @@
 
 On disk (`data/image_embeddings/`, and each cache folder): `embeddings.npy` float32 (N, D),
 L2-normalised, rows in the order of `image_sha256.txt` (sorted hex shas, one a line), and
-`manifest.json` {"vision_sha256", "dim", "count"}. The cache, `cache_dir/<vision_sha256>/`, has the
-same layout and grows run by run, so adding images to the data encodes only the new ones.
+`manifest.json` {"vision_sha256", "dim", "count"}. The cache, `cache_dir/<vision_sha256>-<DECODE>/`, has
+the same layout and grows run by run, so adding images to the data encodes only the new ones; it is
+keyed by how images are decoded too (`faclip.encode.DECODE`), so vectors of another decode never mix in.
+
+`embed_images` runs on every process that `accelerate launch` / `torchrun` starts (or on one): the images
+not yet cached are cut into batches, process r encodes batches r, r + N, ..., and the vectors are
+gathered to every process. A row's vector does not depend on the other rows of its batch, and the batches
+are the same whatever N, so N processes write the bytes one process writes.
 """
 
 import json
@@ -14,8 +20,10 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from accelerate import PartialState
+from accelerate.utils import gather_object, parse_flag_from_env
 
-from faclip.encode import encode_images, pick_device
+from faclip.encode import DECODE, encode_images
 from faclip.errors import FaclipError
 from faclip.files import atomic_dir, resolve_under_root, sha256_dir, write_json, write_text
 from faclip.models import load_vision_model, require_model_folder
@@ -26,6 +34,8 @@ VECTORS = "embeddings.npy"
 SHAS = "image_sha256.txt"
 MANIFEST = "manifest.json"
 MIN_IMAGES_FOR_WORKERS = 128  # below this, starting worker processes costs more than it saves
+BATCH_SIZE = {"cpu": 32, "cuda": 256}  # embed.batch_size: auto, per process
+MAX_WORKERS = 8  # embed.num_workers: auto = the cores each process has, up to this
 
 
 @dataclass(frozen=True)
@@ -115,30 +125,50 @@ def _load_cache(folder: Path, vision_sha256: str) -> ImageEmbeddings | None:
     return cached
 
 
+def _auto_workers(images: int, processes: int) -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return min(MAX_WORKERS, max(1, cores // processes)) if images >= MIN_IMAGES_FOR_WORKERS else 0
+
+
 def embed_images(pairs: pd.DataFrame, data_root: str | Path, vision_dir: str | Path, cache_dir: str | Path, *,
-                 batch_size: int = 32, num_workers: int | None = None,
-                 device: str | None = None) -> tuple[ImageEmbeddings, int]:
+                 batch_size: int | str = "auto", num_workers: int | str = "auto") -> tuple[ImageEmbeddings, int]:
     """Embed each distinct image of `pairs` once, reusing cached vectors; return (embeddings, number encoded).
 
-    Vectors are cached by (vision model folder hash, image sha256) under `cache_dir/<vision_sha256>/`,
-    merged and rewritten atomically each run, so a rerun after adding images encodes only those.
+    Vectors are cached by (vision model folder hash, decode, image sha256) under
+    `cache_dir/<vision_sha256>-<DECODE>/`, merged and rewritten atomically each run (by the main process),
+    so a rerun after adding images encodes only those. Under `accelerate launch` / `torchrun` each process
+    encodes its share of the batches; every process returns the same result.
     """
+    # The process group accelerate / torchrun set up, or a single process. PartialState reads
+    # ACCELERATE_USE_CPU (`accelerate launch --cpu`) only when told, as Accelerator does.
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     images = _distinct_images(pairs, Path(data_root))
     vision_sha256 = sha256_dir(require_model_folder(vision_dir))
-    cache_folder = Path(cache_dir) / vision_sha256
+    cache_folder = Path(cache_dir) / f"{vision_sha256}-{DECODE}"
     cached = _load_cache(cache_folder, vision_sha256)
     todo = [sha for sha in images if cached is None or sha not in cached]
     if todo:
-        logger.info("encoding %d of %d distinct images (the others are cached)", len(todo), len(images))
-        model, processor = load_vision_model(vision_dir, device=device or pick_device())
-        if num_workers is None:
-            num_workers = min(2, os.cpu_count() or 1) if len(todo) >= MIN_IMAGES_FOR_WORKERS else 0
-        vectors = encode_images(model, processor, [images[sha] for sha in todo], batch_size=batch_size,
-                                num_workers=num_workers, progress=True)  # (len(todo), D)
-        merged = dict(zip(todo, vectors))
+        if batch_size == "auto":
+            batch_size = BATCH_SIZE.get(state.device.type, BATCH_SIZE["cpu"])
+        # Process r encodes batches r, r + N, ...: the same batches as one process, so the same bytes.
+        batches = [todo[start:start + batch_size] for start in range(0, len(todo), batch_size)]
+        mine = [sha for batch in batches[state.process_index::state.num_processes] for sha in batch]
+        if num_workers == "auto":
+            num_workers = _auto_workers(len(mine), state.num_processes)
+        logger.info("encoding %d of %d distinct images (the others are cached) on %d process(es), batch %d, "
+                    "%d decoding worker(s) each", len(todo), len(images), state.num_processes, batch_size, num_workers)
+        model, processor = load_vision_model(vision_dir, device=state.device)
+        vectors = encode_images(model, processor, [images[sha] for sha in mine], batch_size=batch_size,
+                                num_workers=num_workers, progress=state.is_main_process)  # (len(mine), D)
+        merged = dict(gather_object(list(zip(mine, vectors)))) if state.num_processes > 1 else dict(zip(mine, vectors))
         if cached is not None:
             merged.update(zip(cached.image_sha256, cached.vectors))
         shas = sorted(merged)
         cached = ImageEmbeddings(shas, np.stack([merged[sha] for sha in shas]), vision_sha256)
-        save_image_embeddings(cache_folder, cached)
+        if state.is_main_process:
+            save_image_embeddings(cache_folder, cached)
+        state.wait_for_everyone()
     return cached.subset(images), len(todo)

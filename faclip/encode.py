@@ -22,6 +22,13 @@ logger = logging.getLogger(__name__)
 
 ImageSource = Union[str, Path, bytes, Image.Image]
 
+# How encode_images decodes: JPEGs at a reduced DCT scale (Pillow's `draft`, 1/2 to 1/8) that keeps the
+# shorter side >= 2x the model's input, so the processor's own resize still does the last step. A 12 MP
+# photo then decodes several times faster (BENCHMARKS.md, "Photo-sized images"). Vectors differ from a full
+# decode's by a cosine > 0.99, so cached vectors are keyed by DECODE: another decode never mixes in.
+JPEG_DRAFT = True
+DECODE = "jpeg-draft-2x" if JPEG_DRAFT else "full"
+
 
 def pick_device() -> torch.device:
     """CUDA when available, else CPU."""
@@ -72,13 +79,27 @@ def image_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
     return out.last_hidden_state[:, 0]
 
 
-def load_rgb(source: ImageSource) -> Image.Image:
-    """Open an image (path, bytes or PIL) as RGB, EXIF-rotated; RGBA/LA/P go onto white."""
+def decode_min_side(processor) -> int | None:
+    """The shorter side a JPEG may be decoded down to for this processor (2x its input), or None (full decode)."""
+    if not JPEG_DRAFT:
+        return None
+    sizes = [getattr(processor, "size", None), getattr(processor, "crop_size", None)]
+    sides = [value for size in sizes if size is not None
+             for value in (dict(size).get(key) for key in ("shortest_edge", "height", "width")) if value]
+    return 2 * max(sides) if sides else None
+
+
+def load_rgb(source: ImageSource, min_side: int | None = None) -> Image.Image:
+    """Open an image (path, bytes or PIL) as RGB, EXIF-rotated; RGBA/LA/P go onto white.
+
+    With `min_side`, a JPEG is decoded at the smallest DCT scale whose both sides stay >= min_side."""
     try:
         if isinstance(source, Image.Image):
             image = source
         else:
             image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+            if min_side and image.format == "JPEG":
+                image.draft(image.mode, (min_side, min_side))
             image.load()
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
         name = "image bytes" if isinstance(source, bytes) else str(source)
@@ -123,13 +144,14 @@ class _ImageDataset(torch.utils.data.Dataset):
     def __init__(self, sources: Sequence[ImageSource], processor):
         self.sources = sources
         self.processor = processor
+        self.min_side = decode_min_side(processor)
 
     def __len__(self):
         return len(self.sources)
 
     def __getitem__(self, i) -> torch.Tensor | str:
         try:
-            image = load_rgb(self.sources[i])
+            image = load_rgb(self.sources[i], self.min_side)
         except FaclipError as err:
             return str(err)  # raised in a worker it would reach us as traceback text: pass the message as data
         return self.processor(images=image, return_tensors="pt")["pixel_values"][0]  # (3, H, W)

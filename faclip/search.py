@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from faclip.encode import ImageSource, encode_images, encode_texts, load_rgb, pick_device
+from faclip.encode import ImageSource, decode_min_side, encode_images, encode_texts, load_rgb, pick_device
 from faclip.errors import FaclipError
 from faclip.files import sha256_dir
 from faclip.index import load_index, search
@@ -80,9 +80,10 @@ class Retriever:
     def by_image(self, image: ImageSource, k: int = 5, per_dish: int | None = None) -> list[Hit]:
         """The k passages closest to a photo (path, bytes or PIL image); at most `per_dish` per food_id."""
         check_k(k, per_dish)
-        image = load_rgb(image)  # an unreadable image fails here, as one line
         with self._model_lock:
             model, processor = self._vision
+        image = load_rgb(image, decode_min_side(processor))  # decoded as `embed` decodes; unreadable: one line
+        with self._model_lock:
             query = encode_images(model, processor, [image])  # (1, D)
         return self._search(query, k, per_dish)
 

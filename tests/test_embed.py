@@ -13,7 +13,7 @@ from conftest import REPO, draw_dish_image, make_raw_dataset
 
 import faclip.embed as embeddings
 from faclip.embed import ImageEmbeddings, embed_images, load_image_embeddings, save_image_embeddings
-from faclip.encode import encode_images
+from faclip.encode import DECODE, encode_images
 from faclip.errors import FaclipError
 from faclip.files import sha256_dir, sha256_file
 from faclip.models import load_vision_model
@@ -77,7 +77,7 @@ def test_save_load_round_trip(tmp_path):
 
 def test_each_distinct_image_encoded_once_equal_to_direct_call(raw, tmp_path, tiny_model_dirs, encode_calls):
     pairs = _pairs(raw)
-    emb, encoded = embed_images(pairs, raw, tiny_model_dirs[1], tmp_path / "cache", device="cpu")
+    emb, encoded = embed_images(pairs, raw, tiny_model_dirs[1], tmp_path / "cache")
     distinct = sorted(set(pairs["image_sha256"]))
     assert len(distinct) == 9 and len(pairs) == 20  # 10 files, one a duplicate; two passages each
     assert encoded == 9 and [len(call) for call in encode_calls] == [9]
@@ -111,7 +111,7 @@ def test_rerun_encodes_only_new_images(raw, tmp_path, tiny_model_dirs, encode_ca
     fewer = _pairs(raw).query("food_id != 'dish_02'")
     subset, encoded = embed_images(fewer, raw, vision_dir, cache)
     assert encoded == 0 and subset.image_sha256 == sorted(set(fewer["image_sha256"]))
-    assert len(load_image_embeddings(cache / sha256_dir(vision_dir)).image_sha256) == 10
+    assert len(load_image_embeddings(cache / f"{sha256_dir(vision_dir)}-{DECODE}").image_sha256) == 10
 
 
 def test_another_vision_model_has_its_own_cache(raw, tmp_path, tiny_model_dirs, encode_calls):
@@ -122,7 +122,7 @@ def test_another_vision_model_has_its_own_cache(raw, tmp_path, tiny_model_dirs, 
     _, encoded = embed_images(_pairs(raw), raw, other, tmp_path / "cache")
     assert encoded == 9 and len(encode_calls) == 2
     assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == sorted(
-        [sha256_dir(tiny_model_dirs[1]), sha256_dir(other)])
+        [f"{sha256_dir(tiny_model_dirs[1])}-{DECODE}", f"{sha256_dir(other)}-{DECODE}"])
 
 
 def test_missing_image_is_one_line_error(raw, tmp_path, tiny_model_dirs):
@@ -163,3 +163,34 @@ def test_embed_stage(raw, tmp_path, tiny_model_dirs, monkeypatch, caplog):
     assert sha256_dir(tmp_path / "emb") == first
     emb = load_image_embeddings(tmp_path / "emb")
     assert emb.vectors.shape == (9, 128) and emb.vision_sha256 == sha256_dir(tiny_model_dirs[1])
+
+
+def test_two_processes_write_the_bytes_one_process_writes(raw, tmp_path, tiny_model_dirs, monkeypatch, caplog):
+    import os
+    import subprocess
+    import sys
+
+    monkeypatch.chdir(tmp_path)
+    # batch 2: 9 new images are 5 batches, 3 for process 0 and 2 for process 1
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"data": {"root": "raw"},
+                                                          "embed": {"batch_size": 2, "num_workers": 0}}))
+    _pairs(raw).to_csv(tmp_path / "pairs.csv", index=False)
+
+    def argv(name):
+        return ["--pairs", "pairs.csv", "--vision", str(tiny_model_dirs[1]), "--cache", f"cache_{name}",
+                "--out", f"emb_{name}"]
+    spec = importlib.util.spec_from_file_location("stage_embed", REPO / "stages" / "embed.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    with caplog.at_level(logging.INFO):
+        stage.main(argv("one"))
+    assert "on 1 process(es), batch 2" in caplog.text
+
+    env = dict(os.environ, ACCELERATE_USE_CPU="true", OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(REPO / "stages/embed.py"), *argv("two")]
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "on 2 process(es), batch 2" in proc.stderr and "9 encoded, 0 reused" in proc.stderr
+    assert sha256_dir(tmp_path / "emb_two") == sha256_dir(tmp_path / "emb_one")
+    assert sha256_dir(tmp_path / "cache_two") == sha256_dir(tmp_path / "cache_one")
