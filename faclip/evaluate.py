@@ -1,4 +1,5 @@
-"""Held-out retrieval quality of the fine-tuned text encoder, against the untrained base, on the test split.
+"""Held-out quality of the fine-tuned text encoder on the test split, against the untrained base and
+against the ceiling of locked-image tuning; zero-shot dish classification; what the index costs.
 
 Queries are the test-split images (their cached vectors: no image is decoded here) and the passages of
 the dishes those images show. Relevance is by dish: for an image, every passage of its dish (an image
@@ -6,51 +7,164 @@ paired with several dishes has all of them); for a passage, every test image of 
 - image_to_text: each test image searches all docstore passages, through the FAISS index for the
   fine-tuned model (the deployed path) and exactly for the base; recall@k, mrr, ndcg@10.
 - text_to_image: each passage of a test dish searches the test images exactly; recall@k, mrr.
+- ceiling: the same, with every passage placed at its dish's centroid of train-split image vectors
+  (what a text encoder that learnt each dish perfectly from the train photos would score against
+  these frozen image vectors). A dish with no train image has no centroid: its passages are left out
+  of the ceiling's index (its test photos find none of them; they are nobody's distractor) and, as
+  queries, find nothing.
+- zero_shot: each test image against every dish's title (encoded as passages are); acc@k counts an
+  image right when any dish it shows ranks within k, a tie counting against it; mean_per_class_recall
+  averages acc@1 over the dishes with test images (an image counts for each dish it shows).
+- index.recall_vs_exact@10: the share of the exact top 10 that the configured index returns.
 The test set is `faclip.testset`'s (the one train reports recall on). Rankings come from FAISS (exact
 search = a Flat inner-product index), so exact score ties keep FAISS's order; mrr counts ranks up to
-MAX_DEPTH (all ranks whenever there are no more items than that).
+MAX_DEPTH (all ranks whenever there are no more items than that). Memory grows with the pairs, never
+with (test images x dishes): queries are searched QUERY_CHUNK at a time and only per-query figures
+are kept; zero-shot scores at most SCORE_BUDGET (image, dish) cells at a time.
 """
 
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import faiss
 import numpy as np
 import pandas as pd
 
-from faclip.embed import load_image_embeddings
+from faclip.embed import ImageEmbeddings, load_image_embeddings
 from faclip.errors import FaclipError
-from faclip.index import build_index, load_index, search_hits
-from faclip.metrics import NDCG_AT, chance_recall_at_k, metrics_from_hits
+from faclip.index import build_index, load_index, recall_vs_exact, search_hits
+from faclip.metrics import (NDCG_AT, chance_recall_at_k, mean_metrics, query_metrics,
+                            rank_of_best_relevant)
 from faclip.models import check_same_vision, embed_passages, trained_max_len
 from faclip.tables import load_docstore, load_pairs
 from faclip.testset import TestSet, image_to_text_hits, load_test_set
 
 logger = logging.getLogger(__name__)
 
-MAX_DEPTH = 1000  # ranking depth per query: bounds memory at (queries x 1000) for large docstores
+MAX_DEPTH = 1000  # ranking depth per query: bounds memory at (chunk x 1000) for large docstores
+QUERY_CHUNK = 1024  # queries searched at once: their (chunk, depth) hits are all that is held
+SCORE_BUDGET = 2**24  # (image, dish) scores held at once by zero-shot: 64 MiB of float32
+ZERO_SHOT_KS = (1, 5)
+RECALL_VS_EXACT_K = 10
 
 
-def evaluate_encoder(test: TestSet, text_emb: np.ndarray, ks: tuple[int, ...], index: faiss.Index | None = None):
-    """Both directions for one text encoder: ({"image_to_text": …, "text_to_image": …}, image hits (M, K)).
+def _scored(n_queries: int, hits_of: Callable[[int, int], np.ndarray], n_relevant: np.ndarray,
+            ks: tuple[int, ...], ndcg: bool = True) -> tuple[dict[str, float], np.ndarray]:
+    """Metrics over queries scored QUERY_CHUNK at a time (`hits_of(start, stop)` -> (chunk, K) hits), and
+    whether each query's first result is relevant (Q,)."""
+    parts, top1 = [], []
+    for start in range(0, n_queries, QUERY_CHUNK):
+        stop = min(start + QUERY_CHUNK, n_queries)
+        hits = hits_of(start, stop)  # (chunk, K)
+        parts.append(query_metrics(hits, n_relevant[start:stop], ks, ndcg=ndcg))
+        top1.append(hits[:, 0] if hits.shape[1] else np.zeros(stop - start, dtype=bool))
+    if not parts:
+        raise ValueError("no queries to score")
+    per_query = {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+    return mean_metrics(per_query), np.concatenate(top1)
 
-    `text_emb` (N, D) holds every passage in index order; `index` (built over the same rows) serves the
-    image->passage search when given, else it is exact.
+
+def evaluate_encoder(test: TestSet, text_emb: np.ndarray, ks: tuple[int, ...], index: faiss.Index | None = None,
+                     rows: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
+    """Both directions for one text encoder: ({"image_to_text": …, "text_to_image": …}, image top-1 hit (M,)).
+
+    `text_emb` (R, D) holds the passages `rows` (default: every passage, in index order); `index` (built
+    over the same rows) serves the image->passage search when given, else it is exact. A passage not in
+    `rows` is never retrieved, and as a query it finds nothing.
     """
+    n_passages = len(test.passage_dish)
+    rows = np.arange(n_passages) if rows is None else np.asarray(rows, dtype=np.int64)
+    assert len(rows) == len(text_emb), "text_emb must hold one vector per row"
     # image -> passage: relevant = the passages filed under any dish the image shows.
     index = index if index is not None else build_index(text_emb, "Flat")
-    image_hits = image_to_text_hits(test, index, max(MAX_DEPTH, *ks, NDCG_AT))  # (M, K)
-    image_to_text = metrics_from_hits(image_hits, test.relevant_passages, ks)
+    depth = max(MAX_DEPTH, *ks, NDCG_AT)
+    image_to_text, image_top1 = _scored(
+        len(test.image_sha256), lambda a, b: image_to_text_hits(test, index, depth, slice(a, b), rows),
+        test.relevant_passages, ks)
 
     # passage -> image: the passages of dishes that have test images, over the test images (exact).
     images_per_dish = test.images_per_dish  # (C,)
-    queries = np.flatnonzero(images_per_dish[test.passage_dish] > 0)  # (P,)
+    queries = np.flatnonzero(images_per_dish[test.passage_dish] > 0)  # (P,) passage rows
     query_dish = test.passage_dish[queries]
-    text_hits = search_hits(build_index(test.image_emb, "Flat"), text_emb[queries], max(MAX_DEPTH, *ks),
-                            lambda q, i: test.shows(i, query_dish[q]))  # (P, K)
-    text_to_image = metrics_from_hits(text_hits, images_per_dish[query_dish], ks, ndcg=False)
-    return {"image_to_text": image_to_text, "text_to_image": text_to_image}, image_hits
+    position = np.full(n_passages, -1, dtype=np.int64)
+    position[rows] = np.arange(len(rows))  # where each passage's vector is in text_emb (-1: none)
+    image_index = build_index(test.image_emb, "Flat")
+    text_depth = max(MAX_DEPTH, *ks)
+
+    def text_hits(start: int, stop: int) -> np.ndarray:
+        at = position[queries[start:stop]]
+        found = at >= 0
+        dish = query_dish[start:stop][found]
+        hits = np.zeros((stop - start, min(text_depth, image_index.ntotal)), dtype=bool)  # (chunk, K)
+        hits[found] = search_hits(image_index, text_emb[at[found]], text_depth, lambda q, i: test.shows(i, dish[q]))
+        return hits
+
+    text_to_image, _ = _scored(len(queries), text_hits, images_per_dish[query_dish], ks, ndcg=False)
+    return {"image_to_text": image_to_text, "text_to_image": text_to_image}, image_top1
+
+
+def recall_per_dish(test: TestSet, correct: np.ndarray) -> np.ndarray:
+    """Share of each dish's test images that `correct` (M,) marks right (C,); an image counts for each dish
+    it shows; NaN for a dish with no test image."""
+    right = np.bincount(test.shown_dish, weights=np.asarray(correct, dtype=np.float64)[test.shown_image],
+                        minlength=len(test.dishes))  # (C,)
+    with np.errstate(invalid="ignore"):
+        return right / test.images_per_dish
+
+
+def zero_shot(test: TestSet, title_emb: np.ndarray, title_dish: np.ndarray) -> dict[str, float]:
+    """acc@1, acc@5 and mean_per_class_recall of each test image against every dish title.
+
+    `title_emb` (T, D): one vector per dish title; `title_dish` (T,): its dish index. An image is right at
+    k when any dish it shows ranks within k (`rank_of_best_relevant`: a tie counts against the image).
+    """
+    n_images = len(test.image_sha256)
+    dish_class = np.full(len(test.dishes), -1, dtype=np.int64)
+    dish_class[title_dish] = np.arange(len(title_dish))
+    order = np.argsort(test.shown_image, kind="stable")
+    shown_image, shown_class = test.shown_image[order], dish_class[test.shown_dish[order]]  # (S,)
+    assert (shown_class >= 0).all(), "every dish a test image shows has passages, hence a title"
+    chunk = max(1, SCORE_BUDGET // max(1, len(title_dish)))
+    ranks = []
+    for start in range(0, n_images, chunk):
+        stop = min(start + chunk, n_images)
+        lo, hi = np.searchsorted(shown_image, [start, stop])
+        scores = test.image_emb[start:stop] @ title_emb.T  # (chunk, T)
+        ranks.append(rank_of_best_relevant(scores, shown_image[lo:hi] - start, shown_class[lo:hi]))
+    rank = np.concatenate(ranks)  # (M,)
+    per_dish = recall_per_dish(test, rank == 1)
+    return {**{f"acc@{k}": float(np.mean(rank <= k)) for k in ZERO_SHOT_KS},
+            "mean_per_class_recall": float(per_dish[test.images_per_dish > 0].mean())}
+
+
+def dish_titles(passages: pd.DataFrame, dishes: list[str]) -> tuple[list[str], np.ndarray]:
+    """Each dish's title (that of its first passage in index order) and its dish index, dishes in index order."""
+    first = passages.drop_duplicates("food_id")
+    dish_idx = {food_id: i for i, food_id in enumerate(dishes)}
+    title_dish = np.array([dish_idx[f] for f in first["food_id"]], dtype=np.int64)
+    order = np.argsort(title_dish)
+    return [first["title"].iloc[i] for i in order], title_dish[order]
+
+
+def dish_centroids(pairs: pd.DataFrame, embeddings: ImageEmbeddings, dishes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Each dish's centroid of its train-split image vectors, L2-normalised (C, D), and whether it has one (C,).
+
+    An image counts once per dish it is paired with, however many passages it pairs with.
+    """
+    dish_idx = {food_id: i for i, food_id in enumerate(dishes)}
+    train = pairs.loc[pairs["split"] == "train", ["image_sha256", "food_id"]].drop_duplicates()
+    train = train[train["food_id"].isin(dish_idx)]
+    dish = train["food_id"].map(dish_idx).to_numpy(dtype=np.int64)  # (S,)
+    shas = train["image_sha256"].tolist()
+    sums = np.zeros((len(dishes), embeddings.dim), dtype=np.float64)  # (C, D)
+    for start in range(0, len(shas), QUERY_CHUNK * 16):  # a chunk of vectors at a time, not all train images
+        stop = start + QUERY_CHUNK * 16
+        np.add.at(sums, dish[start:stop], embeddings.lookup(shas[start:stop]))
+    norms = np.linalg.norm(sums, axis=1, keepdims=True)
+    centroids = np.divide(sums, norms, out=np.zeros_like(sums), where=norms > 0).astype(np.float32)
+    return centroids, np.bincount(dish, minlength=len(dishes)) > 0
 
 
 def chance_metrics(test: TestSet, ks: tuple[int, ...]) -> dict:
@@ -71,15 +185,13 @@ def gain(finetuned: dict, base: dict) -> dict:
             for key, value in finetuned.items()}
 
 
-def per_dish_recall_at_1(test: TestSet, hits_by_model: dict[str, np.ndarray]) -> pd.DataFrame:
+def per_dish_recall_at_1(test: TestSet, top1_by_model: dict[str, np.ndarray]) -> pd.DataFrame:
     """image->passage recall@1 per dish: food_id, test_images, <model>_recall@1 (an image counts for each dish)."""
     images_per_dish = test.images_per_dish
     shown = images_per_dish > 0
     table = {"food_id": [d for d, s in zip(test.dishes, shown) if s], "test_images": images_per_dish[shown]}
-    for model, hits in hits_by_model.items():
-        top1 = hits[:, 0].astype(np.float64)  # (M,)
-        correct = np.bincount(test.shown_dish, weights=top1[test.shown_image], minlength=len(test.dishes))  # (C,)
-        table[f"{model}_recall@1"] = correct[shown] / table["test_images"]
+    for model, top1 in top1_by_model.items():
+        table[f"{model}_recall@1"] = recall_per_dish(test, top1)[shown]
     return pd.DataFrame(table)
 
 
@@ -90,15 +202,15 @@ def _rounded(metrics: dict) -> dict:
 
 @dataclass(frozen=True)
 class EvalResult:
-    metrics: dict  # {"finetuned", "base", "gain", "chance", "counts"}
-    recall_at_k: pd.DataFrame  # k, finetuned, base: image->passage recall@k
-    per_dish: pd.DataFrame  # food_id, test_images, finetuned_recall@1, base_recall@1
+    metrics: dict  # {"finetuned", "base", "ceiling", "gain", "chance", "zero_shot", "index", "counts"}
+    recall_at_k: pd.DataFrame  # k, finetuned, base, ceiling: image->passage recall@k
+    per_dish: pd.DataFrame  # food_id, test_images, finetuned_recall@1, base_recall@1, ceiling_recall@1
 
 
 def run_evaluation(*, index_dir: str | Path, model_dir: str | Path, base_text_dir: str | Path,
                    docstore_path: str | Path, pairs_path: str | Path, image_embeddings_path: str | Path,
                    ks: tuple[int, ...]) -> EvalResult:
-    """Evaluate the fine-tuned model (through its index) and the base text model on the test split."""
+    """Evaluate the fine-tuned model (through its index), the base text model and the ceiling on the test split."""
     index, manifest = load_index(index_dir, model_dir, docstore_path)  # a stale index is an error
     passages = load_docstore(docstore_path).set_index("id").loc[manifest["passage_ids"]].reset_index()
     embeddings = load_image_embeddings(image_embeddings_path)
@@ -115,24 +227,43 @@ def run_evaluation(*, index_dir: str | Path, model_dir: str | Path, base_text_di
     logger.info("evaluating on %d test images, %d passages, %d dishes", len(test.image_sha256), len(passages),
                 test_dishes)
 
+    # 1. each text encoder: retrieval both ways, zero-shot against the dish titles
     texts = passages["passage_text"].tolist()
+    titles, title_dish = dish_titles(passages, test.dishes)
     max_len = trained_max_len(model_dir)  # the base reads passages truncated as the fine-tuned one does
-    results, image_hits = {}, {}
+    results, top1, classified = {}, {}, {}
     for model, folder, model_index in (("finetuned", model_dir, index), ("base", base_text_dir, None)):
         text_emb = embed_passages(folder, texts, max_len=max_len)  # (N, D)
         if text_emb.shape[1] != test.image_emb.shape[1]:
             raise FaclipError(f"{folder} outputs {text_emb.shape[1]}-d vectors but the image embeddings are "
                               f"{test.image_emb.shape[1]}-d; run `dvc repro` so base, embed and train match")
-        results[model], image_hits[model] = evaluate_encoder(test, text_emb, ks, index=model_index)
-        logger.info("%s: %s", model, results[model])
+        results[model], top1[model] = evaluate_encoder(test, text_emb, ks, index=model_index)
+        classified[model] = zero_shot(test, embed_passages(folder, titles, max_len=max_len), title_dish)
+        logger.info("%s: %s; zero-shot %s", model, results[model], classified[model])
+        if model == "finetuned":  # what the configured index costs against exact search over the same vectors
+            index_metrics = {f"recall_vs_exact@{RECALL_VS_EXACT_K}": recall_vs_exact(
+                index, text_emb, test.image_emb, k=RECALL_VS_EXACT_K)}
+        del text_emb
+
+    # 2. the ceiling: every passage at its dish's centroid of train-split image vectors
+    centroids, has_centroid = dish_centroids(pairs, embeddings, test.dishes)
+    rows = np.flatnonzero(has_centroid[test.passage_dish])  # passages whose dish has train images
+    without = int((~has_centroid[title_dish]).sum())
+    if without:
+        logger.warning("%d dishes have no train image: the ceiling never retrieves their passages", without)
+    ceiling, top1["ceiling"] = evaluate_encoder(test, centroids[test.passage_dish[rows]], ks, rows=rows)
+    first_k = f"recall@{ks[0]}"
+    top = ceiling["image_to_text"][first_k]
+    ceiling[f"finetuned_share_of_{first_k}"] = results["finetuned"]["image_to_text"][first_k] / top if top else None
 
     metrics = _rounded({
-        **results, "gain": gain(results["finetuned"], results["base"]), "chance": chance_metrics(test, ks),
-        "counts": {"test_images": len(test.image_sha256), "passages": len(passages),
-                   "test_dishes": test_dishes},
+        **results, "ceiling": ceiling, "gain": gain(results["finetuned"], results["base"]),
+        "chance": chance_metrics(test, ks), "zero_shot": classified, "index": index_metrics,
+        "counts": {"test_images": len(test.image_sha256), "passages": len(passages), "test_dishes": test_dishes,
+                   "dishes": len(title_dish), "dishes_without_train_images": without},
     })
-    # Wide (one column per model) so `dvc plots` draws both curves from one file.
+    # Wide (one column per model) so `dvc plots` draws every curve from one file.
     recall_rows = pd.DataFrame([{"k": k, **{model: metrics[model]["image_to_text"][f"recall@{k}"]
-                                            for model in ("finetuned", "base")}} for k in ks])
-    per_dish = per_dish_recall_at_1(test, image_hits).round(6)
+                                            for model in ("finetuned", "base", "ceiling")}} for k in ks])
+    per_dish = per_dish_recall_at_1(test, top1).round(6)
     return EvalResult(metrics=metrics, recall_at_k=recall_rows, per_dish=per_dish)

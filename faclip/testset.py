@@ -87,6 +87,13 @@ def load_test_set(pairs: pd.DataFrame, passages: pd.DataFrame, image_embeddings)
     )
 
 
-def image_to_text_hits(test: TestSet, index: faiss.Index, depth: int) -> np.ndarray:
-    """Each test image searches the passage index: relevance in rank order (M, depth)."""
-    return search_hits(index, test.image_emb, depth, lambda q, p: test.shows(q, test.passage_dish[p]))
+def image_to_text_hits(test: TestSet, index: faiss.Index, depth: int, images: slice = slice(None),
+                       rows: np.ndarray | None = None) -> np.ndarray:
+    """Test images `images` (all by default) search the passage index: relevance in rank order (M, depth).
+
+    `rows` is the passage row of each index row when the index holds only some passages (default: all,
+    in index order).
+    """
+    first = images.start or 0
+    dish = test.passage_dish if rows is None else test.passage_dish[rows]  # dish of each index row
+    return search_hits(index, test.image_emb[images], depth, lambda q, p: test.shows(q + first, dish[p]))

@@ -1,8 +1,9 @@
-"""evaluate: index + fine-tuned and base text models + test-split image vectors -> retrieval metrics and plots.
+"""evaluate: index + fine-tuned and base text models + image vectors -> retrieval, zero-shot and ceiling metrics.
 
-Outputs: --metrics json {finetuned, base, gain, chance: {image_to_text, text_to_image: {recall@k, mrr,
-ndcg@10}}, counts}; --plots folder with recall_at_k.csv (k, finetuned, base) and per_dish.csv
-(food_id, test_images, finetuned_recall@1, base_recall@1), image->passage.
+Outputs: --metrics json {finetuned, base, ceiling, gain, chance: {image_to_text, text_to_image: {recall@k,
+mrr, ndcg@10}}, ceiling.finetuned_share_of_recall@k, zero_shot: {finetuned, base: {acc@1, acc@5,
+mean_per_class_recall}}, index: {recall_vs_exact@10}, counts}; --plots folder with recall_at_k.csv
+(k, finetuned, base, ceiling) and per_dish.csv (food_id, test_images, <model>_recall@1), image->passage.
 Params: eval.k.
 """
 
@@ -42,10 +43,9 @@ def main(argv=None):
     with atomic_dir(args.plots) as tmp:
         result.recall_at_k.to_csv(tmp / "recall_at_k.csv", index=False, lineterminator="\n")
         result.per_dish.to_csv(tmp / "per_dish.csv", index=False, lineterminator="\n")
-    i2t = result.metrics["finetuned"]["image_to_text"], result.metrics["base"]["image_to_text"]
-    logger.info("image->passage recall@%d: finetuned %.3f, base %.3f (chance %.3f)", params.k[0],
-                i2t[0][f"recall@{params.k[0]}"], i2t[1][f"recall@{params.k[0]}"],
-                result.metrics["chance"]["image_to_text"][f"recall@{params.k[0]}"])
+    k = f"recall@{params.k[0]}"
+    logger.info("image->passage %s: finetuned %.3f, base %.3f, ceiling %.3f (chance %.3f)", k,
+                *(result.metrics[m]["image_to_text"][k] for m in ("finetuned", "base", "ceiling", "chance")))
 
 
 if __name__ == "__main__":

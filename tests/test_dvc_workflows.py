@@ -143,10 +143,11 @@ def make_other_vision_model(repo: Path, dest: Path) -> Path:
     ({"index.factory": "HNSW32"}, {"index", "evaluate"}),
     ({"epochs": 3}, {"train", "index", "evaluate"}),
     ({"learning_rate": 0.001}, {"train", "index", "evaluate"}),
+    ({"positives": "image"}, {"train", "index", "evaluate"}),
     ({"model.vision": "OTHER_VISION"}, {"base", "embed", "train", "index", "evaluate"}),
     ({"data.test_fraction": 0.3}, {"prepare", "embed", "train", "index", "evaluate"}),
     ({"embed.batch_size": 7, "embed.num_workers": 0}, {"embed"}),  # same vectors (cached): nothing downstream
-], ids=["eval", "index", "epochs", "learning_rate", "model.vision", "data.test_fraction", "embed"])
+], ids=["eval", "index", "epochs", "learning_rate", "positives", "model.vision", "data.test_fraction", "embed"])
 def test_param_edit_reruns_only_affected_stages(repo, tmp_path, edit, expected):
     if edit.get("model.vision") == "OTHER_VISION":
         edit = {"model.vision": str(make_other_vision_model(repo, tmp_path / "vision2"))}
@@ -169,6 +170,21 @@ def test_exp_run_set_param_then_metrics_diff(repo):
     assert diff["metrics/train.json"]["epochs"]["new"] == 3
     plots = dvc(repo, "plots", "diff", "--json")
     assert plots.returncode == 0
+
+
+def test_exp_run_positives_image_then_metrics_diff_shows_what_the_original_objective_costs(repo):
+    result = dvc(repo, "exp", "run", "-S", "positives=image", "-n", "by-image")
+    assert ran_stages(result.stdout) == {"train", "index", "evaluate"}, result.stdout
+    shown = json.dumps(json.loads(dvc(repo, "exp", "show", "--json").stdout))
+    assert "by-image" in shown and '"positives": "image"' in shown
+    diff = json.loads(dvc(repo, "metrics", "diff", "--json").stdout)["metrics/eval.json"]
+    assert "finetuned.image_to_text.recall@5" in diff or "finetuned.image_to_text.mrr" in diff, diff
+    assert "zero_shot.finetuned.acc@1" in diff or "zero_shot.finetuned.acc@5" in diff, diff
+    # The ceiling and the base model do not depend on the objective: they must not move.
+    assert not [key for key in diff if key.startswith(("ceiling.image_to_text", "base.", "zero_shot.base"))], diff
+    eval_metrics = json.loads((repo / "metrics/eval.json").read_text(encoding="utf-8"))
+    assert 0 < eval_metrics["ceiling"]["image_to_text"]["recall@1"] <= 1
+    assert eval_metrics["index"]["recall_vs_exact@10"] == 1.0
 
 
 def push_then_pull_into_a_clone(repo: Path, tmp_path: Path) -> None:

@@ -5,7 +5,8 @@ import math
 import numpy as np
 import pytest
 
-from faclip.metrics import chance_recall_at_k, hits_from_ids, metrics_from_hits
+from faclip.metrics import (chance_recall_at_k, hits_from_ids, mean_metrics, metrics_from_hits, query_metrics,
+                            rank_of_best_relevant)
 
 
 # A reference ranking from a dense score matrix (the pipeline ranks through FAISS): ties pessimistic,
@@ -93,3 +94,28 @@ def test_chance_recall():
     assert chance_recall_at_k(np.array([1]), 4, 1) == pytest.approx(0.25)
     assert chance_recall_at_k(np.array([2]), 4, 2) == pytest.approx(5 / 6)
     assert chance_recall_at_k(np.array([1, 2]), 4, 5) == 1.0
+
+
+def test_per_query_metrics_in_chunks_average_to_the_whole():
+    hits = rank_by_scores(SCORES, RELEVANT)
+    parts = [query_metrics(hits[a:b], RELEVANT.sum(axis=1)[a:b], (1, 3)) for a, b in ((0, 2), (2, 3))]
+    joined = mean_metrics({key: np.concatenate([p[key] for p in parts]) for key in parts[0]})
+    assert joined == metrics_from_hits(hits, RELEVANT.sum(axis=1), (1, 3))
+    with pytest.raises(ValueError, match="no queries"):
+        metrics_from_hits(np.zeros((0, 3), dtype=bool), np.zeros(0, dtype=int))
+
+
+def test_rank_of_best_relevant_matches_the_pessimistic_reference_ranking():
+    query, item = np.nonzero(RELEVANT)
+    ranks = rank_of_best_relevant(SCORES.astype(np.float32), query, item)
+    first_hit = rank_by_scores(SCORES, RELEVANT).argmax(axis=1) + 1
+    assert ranks.tolist() == first_hit.tolist() == [3, 3, 1]  # q0 and q1 lose their ties
+
+
+def test_rank_of_best_relevant_with_constant_scores_is_last_place():
+    relevant = np.zeros((2, 5), dtype=bool)
+    relevant[0, 0] = relevant[1, [0, 1]] = True
+    query, item = np.nonzero(relevant)
+    assert rank_of_best_relevant(np.zeros((2, 5), np.float32), query, item).tolist() == [5, 4]
+    with pytest.raises(ValueError, match="at least one relevant"):
+        rank_of_best_relevant(np.zeros((2, 5), np.float32), np.array([0]), np.array([0]))
