@@ -344,6 +344,7 @@ def save_finetuned(out_dir: str | Path, model, *, base_text_dir: str | Path, par
         # A fresh copy: tokenising stores truncation/padding state in tokenizer.json, which would make
         # the folder's bytes depend on the last call made.
         AutoTokenizer.from_pretrained(base_text_dir, local_files_only=True).save_pretrained(tmp)
-        write_json(tmp / FACLIP_JSON, {"logit_scale": logit_scale, "base_text_sha256": base_text_sha256,
-                                       "vision_sha256": vision_sha256, "params": dataclasses.asdict(params)})
+        write_json(tmp / FACLIP_JSON, {"logit_scale": logit_scale, "base_text_source": base_source,
+                                       "base_text_sha256": base_text_sha256, "vision_sha256": vision_sha256,
+                                       "params": dataclasses.asdict(params)})
         write_text(tmp / "README.md", card)

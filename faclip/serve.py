@@ -89,7 +89,7 @@ class InfoResponse(BaseModel):
     index_search: dict = Field(description="how the index was chosen and tuned, as its manifest records it "
                                            "(choice, reason, search knob, measured recall)")
     text_model: str
-    text_source: str | None = Field(description="what the text model was built from, when its faclip.json says")
+    text_source: str | None = Field(description="what the text model was built (or fine-tuned) from, per its faclip.json")
     base_text_sha256: str | None
     vision_model: str
     vision_source: str | None
@@ -192,7 +192,7 @@ def _info(retriever: Retriever, max_upload_mb: float) -> InfoResponse:
         docstore_sha256=manifest["docstore_sha256"], model_sha256=manifest["model_sha256"],
         index_sha256=manifest["index_sha256"],
         index_search={key: value for key, value in manifest.items() if key not in MANIFEST_LISTED},
-        text_model=str(retriever.model_dir), text_source=info.get("source"),
+        text_model=str(retriever.model_dir), text_source=info.get("source", info.get("base_text_source")),
         base_text_sha256=info.get("base_text_sha256"),
         vision_model=str(retriever.vision_dir), vision_source=vision_info.get("source"),
         vision_sha256=info.get("vision_sha256"), device=str(retriever.device), max_k=MAX_K,

@@ -132,7 +132,7 @@ def test_the_result_is_a_plain_hf_folder_with_provenance_and_a_card(trained, inp
     assert tokenizer("قورمه سبزی")["input_ids"]
     info = json.loads((out / "faclip.json").read_text())
     assert info["params"] == dataclasses.asdict(FAST) and info["logit_scale"] == result.logit_scale
-    assert info["base_text_sha256"] == sha256_dir(inputs.text)
+    assert info["base_text_sha256"] == sha256_dir(inputs.text) and info["base_text_source"] == "tiny"
     assert info["vision_sha256"] == json.loads((inputs.image_embeddings / "manifest.json").read_text())["vision_sha256"]
     card = (out / "README.md").read_text()
     assert "AutoModel.from_pretrained" in card and f"{result.metrics['test_recall@1']:.3f}" in card
