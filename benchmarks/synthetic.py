@@ -44,6 +44,39 @@ def make_dataset(out: Path, dishes: int, images: int, passages: int, size: int =
     return records_written
 
 
+def clipfa_sized_vision():
+    """A ViT-B/32 at 224 px (CLIPfa's vision tower: 12 x 768) with seeded random weights, and its processor."""
+    import torch
+    from transformers import CLIPImageProcessorPil, CLIPVisionConfig, CLIPVisionModel
+
+    config = CLIPVisionConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                              image_size=224, patch_size=32)
+    torch.manual_seed(0)
+    processor = CLIPImageProcessorPil(size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224})
+    return CLIPVisionModel(config).eval(), processor
+
+
+def clipfa_sized_models(out: Path, corpus: list[str]) -> tuple[Path, Path]:
+    """save_pretrained folders `out`/text (RoBERTa-base: 12 x 768, CLIPfa's text tower, with a BPE tokenizer
+    trained on `corpus`) and `out`/vision (`clipfa_sized_vision`), random weights: for model.text / model.vision."""
+    import torch
+    from transformers import RobertaConfig, RobertaModel
+
+    from faclip.models import build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer(corpus)
+    config = RobertaConfig(vocab_size=len(tokenizer), hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                           intermediate_size=3072, max_position_embeddings=514, pad_token_id=tokenizer.pad_token_id,
+                           bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, type_vocab_size=1)
+    torch.manual_seed(0)
+    RobertaModel(config, add_pooling_layer=True).save_pretrained(out / "text")
+    tokenizer.save_pretrained(out / "text")
+    vision, processor = clipfa_sized_vision()
+    vision.save_pretrained(out / "vision")
+    processor.save_pretrained(out / "vision")
+    return out / "text", out / "vision"
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)

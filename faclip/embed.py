@@ -15,6 +15,7 @@ are the same whatever N, so N processes write the bytes one process writes.
 import json
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -161,9 +162,13 @@ def embed_images(pairs: pd.DataFrame, data_root: str | Path, vision_dir: str | P
         logger.info("encoding %d of %d distinct images (the others are cached) on %d process(es), batch %d, "
                     "%d decoding worker(s) each", len(todo), len(images), state.num_processes, batch_size, num_workers)
         model, processor = load_vision_model(vision_dir, device=state.device)
+        start = time.perf_counter()
         vectors = encode_images(model, processor, [images[sha] for sha in mine], batch_size=batch_size,
                                 num_workers=num_workers, progress=state.is_main_process)  # (len(mine), D)
         merged = dict(gather_object(list(zip(mine, vectors)))) if state.num_processes > 1 else dict(zip(mine, vectors))
+        seconds = time.perf_counter() - start
+        if state.is_main_process:  # wall time depends on the machine: logged, never written to an output
+            logger.info("encoded %d images in %.1f s (%.1f images/s)", len(todo), seconds, len(todo) / max(seconds, 1e-9))
         if cached is not None:
             merged.update(zip(cached.image_sha256, cached.vectors))
         shas = sorted(merged)
