@@ -9,12 +9,14 @@ here, and embedding 100k JPEGs takes minutes): a docstore of `--dishes` dishes x
 passages, pairs of `--images` images per dish x every passage of the dish (a fifth of each dish's
 images in the test split, the rest train), image vectors drawn around one random direction per dish
 (unit, 128-d, as the `tiny` vision model's), the `tiny` text model as both base and "fine-tuned"
-model, and a Flat index over the passages. Then it runs `stages/evaluate.py` as dvc.yaml does under
-`/usr/bin/time -v` and prints its wall time and peak RSS, with the sizes that drive them.
+model (max_text_len 128, as trained), and a Flat index over the passages. Then it runs
+`stages/evaluate.py` as dvc.yaml does under `/usr/bin/time -v` and prints its wall time and peak RSS,
+with the sizes that drive them. With `--keep DIR`, a second run reuses the inputs already in DIR.
 """
 
 import argparse
 import hashlib
+import json
 import os
 import re
 import shlex
@@ -41,6 +43,7 @@ from faclip.models import TINY_WIDTH, materialise_base  # noqa: E402
 from faclip.text import food_id_for, passage_id_for  # noqa: E402
 
 TIME = "/usr/bin/time"
+SIZES = "sizes.json"  # what a kept folder holds, so a second run reuses it
 TEST_EVERY = 5  # image i of a dish is a test image when i % 5 == 0: a 0.2 test fraction, every dish in both splits
 
 
@@ -80,7 +83,11 @@ def write_inputs(folder: Path, dishes: int, images: int, passages: int, seed: in
 
     corpus = docstore["passage_text"].head(5000).tolist() + titles[:5000]
     materialise_base("tiny", "tiny", lambda: corpus, folder / "models/text", folder / "models/vision")
-    build_passage_index(folder / "models/text", folder / "docstore.parquet", folder / "index", factory="Flat",
+    # The "fine-tuned" model: the base one, with the token budget training records (params.yaml's default).
+    shutil.copytree(folder / "models/text", folder / "models/finetuned")
+    info = json.loads((folder / "models/finetuned/faclip.json").read_text(encoding="utf-8"))
+    (folder / "models/finetuned/faclip.json").write_text(json.dumps({**info, "params": {"max_text_len": 128}}))
+    build_passage_index(folder / "models/finetuned", folder / "docstore.parquet", folder / "index", factory="Flat",
                         device="cpu")
     (folder / "params.yaml").write_text(yaml.safe_dump({"eval": {"k": [1, 5, 10]}}), encoding="utf-8")
     return {"pairs": len(pairs), "dishes": dishes, "passages": len(docstore), "images": len(shas),
@@ -89,7 +96,7 @@ def write_inputs(folder: Path, dishes: int, images: int, passages: int, seed: in
 
 def run_evaluate(folder: Path) -> dict:
     """Run the evaluate stage's dvc.yaml command (paths swapped for the inputs above) under /usr/bin/time -v."""
-    argv = [sys.executable, str(REPO / "stages/evaluate.py"), "--index", "index", "--model", "models/text",
+    argv = [sys.executable, str(REPO / "stages/evaluate.py"), "--index", "index", "--model", "models/finetuned",
             "--base-text", "models/text", "--docstore", "docstore.parquet", "--pairs", "pairs.csv",
             "--image-embeddings", "image_embeddings", "--metrics", "eval.json", "--plots", "eval_plots"]
     if Path(TIME).is_file():
@@ -120,7 +127,11 @@ def main(argv=None):
     folder.mkdir(parents=True, exist_ok=True)
     try:
         start = time.perf_counter()
-        sizes = write_inputs(folder, args.dishes, args.images, args.passages)
+        if (folder / SIZES).is_file():
+            sizes = json.loads((folder / SIZES).read_text())
+        else:
+            sizes = write_inputs(folder, args.dishes, args.images, args.passages)
+            (folder / SIZES).write_text(json.dumps(sizes))
         print(f"inputs: {sizes['pairs']} pairs, {sizes['dishes']} dishes, {sizes['passages']} passages, "
               f"{sizes['images']} images ({sizes['test_images']} test), built in {time.perf_counter() - start:.0f} s",
               flush=True)

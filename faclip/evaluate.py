@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 
 MAX_DEPTH = 1000  # ranking depth per query: bounds memory at (chunk x 1000) for large docstores
 QUERY_CHUNK = 1024  # queries searched at once: their (chunk, depth) hits are all that is held
-SCORE_BUDGET = 2**24  # (image, dish) scores held at once by zero-shot: 64 MiB of float32
+SCORE_BUDGET = 2**22  # (image, dish) scores held at once by zero-shot: 16 MiB of float32
 ZERO_SHOT_KS = (1, 5)
 RECALL_VS_EXACT_K = 10
 
@@ -80,9 +80,13 @@ def evaluate_encoder(test: TestSet, text_emb: np.ndarray, ks: tuple[int, ...], i
     # image -> passage: relevant = the passages filed under any dish the image shows.
     index = index if index is not None else build_index(text_emb, "Flat")
     depth = max(MAX_DEPTH, *ks, NDCG_AT)
-    image_to_text, image_top1 = _scored(
-        len(test.image_sha256), lambda a, b: image_to_text_hits(test, index, depth, slice(a, b), rows),
-        test.relevant_passages, ks)
+
+    def image_hits(start: int, stop: int) -> np.ndarray:
+        if index.ntotal == 0:  # no passage has a vector (a ceiling without a single train photo): no hits
+            return np.zeros((stop - start, 0), dtype=bool)
+        return image_to_text_hits(test, index, depth, slice(start, stop), rows)  # (chunk, K)
+
+    image_to_text, image_top1 = _scored(len(test.image_sha256), image_hits, test.relevant_passages, ks)
 
     # passage -> image: the passages of dishes that have test images, over the test images (exact).
     images_per_dish = test.images_per_dish  # (C,)
@@ -226,6 +230,9 @@ def run_evaluation(*, index_dir: str | Path, model_dir: str | Path, base_text_di
     test_dishes = int((test.images_per_dish > 0).sum())
     logger.info("evaluating on %d test images, %d passages, %d dishes", len(test.image_sha256), len(passages),
                 test_dishes)
+    # The ceiling's centroids first: then the pairs and the image vectors (all of them) can go before encoding.
+    centroids, has_centroid = dish_centroids(pairs, embeddings, test.dishes)
+    del pairs, embeddings
 
     # 1. each text encoder: retrieval both ways, zero-shot against the dish titles
     texts = passages["passage_text"].tolist()
@@ -246,7 +253,6 @@ def run_evaluation(*, index_dir: str | Path, model_dir: str | Path, base_text_di
         del text_emb
 
     # 2. the ceiling: every passage at its dish's centroid of train-split image vectors
-    centroids, has_centroid = dish_centroids(pairs, embeddings, test.dishes)
     rows = np.flatnonzero(has_centroid[test.passage_dish])  # passages whose dish has train images
     without = int((~has_centroid[title_dish]).sum())
     if without:

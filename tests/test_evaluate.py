@@ -174,6 +174,8 @@ def test_the_ceiling_never_retrieves_a_dish_without_a_centroid():
     assert metrics["text_to_image"] == {"recall@1": 0.5, "recall@5": 0.5, "recall@10": 0.5, "mrr": 0.5}
     everything, _ = evaluate_encoder(test, e, KS)  # with dish 2 at its own place, both photos are found
     assert everything["image_to_text"]["recall@1"] == 1.0 and everything["text_to_image"]["recall@1"] == 1.0
+    nothing, top1 = evaluate_encoder(test, np.zeros((0, 3), np.float32), KS, rows=np.array([], dtype=int))
+    assert not top1.any() and all(v == 0 for d in nothing.values() for v in d.values())  # no train photo at all
 
 
 # --- reading the test split ----------------------------------------------------------------------
