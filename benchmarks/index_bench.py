@@ -8,7 +8,9 @@ over the sphere): N / `--per-cluster` centres drawn uniformly on the unit sphere
 + isotropic Gaussian noise of norm ~`--spread` (relative to the centre), then L2-normalised. Queries
 are fresh draws from the same mixture (not copies of indexed vectors). Indexes are built through
 `faclip.index.build_index`, so they carry the project's search defaults (IVF nprobe, HNSW efSearch,
-HNSW added on one thread for determinism). `IVF{4sqrt(N)},Flat` is expanded from N.
+HNSW added on one thread for determinism). `IVF{4sqrt(N)},Flat` is expanded from N. `auto` is what
+`index.factory: auto` does (choose from N, dim and --memory-mb, then tune nprobe / efSearch to recall 0.95
+on 1000 other draws from the mixture); its build time includes the tuning.
 
 Printed per (dim, factory): build seconds (train + add), queries/s for one batch of all queries
 (throughput, all cores) and for one query at a time on one thread (what a search request sees), the
@@ -26,10 +28,10 @@ import faiss
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from faclip.index import build_index  # noqa: E402
+from faclip.index import build_index, choose_factory, tune_index  # noqa: E402
 from machine import load_average, machine_line  # noqa: E402
 
-DEFAULT_FACTORIES = ["Flat", "HNSW32", "IVF{4sqrt(N)},Flat"]
+DEFAULT_FACTORIES = ["Flat", "HNSW32", "IVF{4sqrt(N)},Flat", "auto"]
 
 
 def clustered_vectors(rng: np.random.Generator, count: int, centres: np.ndarray, spread: float) -> np.ndarray:
@@ -46,7 +48,8 @@ def make_data(count: int, queries: int, dim: int, clusters: int, spread: float, 
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((clusters, dim), dtype=np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)  # (C, D) on the unit sphere
-    return clustered_vectors(rng, count, centres, spread), clustered_vectors(rng, queries, centres, spread)
+    vectors, timed = clustered_vectors(rng, count, centres, spread), clustered_vectors(rng, queries, centres, spread)
+    return vectors, timed, clustered_vectors(rng, 1000, centres, spread)  # + 1000 queries `auto` tunes on
 
 
 def expand(factory: str, count: int) -> str:
@@ -62,9 +65,16 @@ def recall_at(found: np.ndarray, exact: np.ndarray, k: int) -> float:
     return float(np.mean([len(set(f[:k]) & set(e[:k])) / k for f, e in zip(found, exact)]))
 
 
-def bench_factory(factory: str, vectors: np.ndarray, queries: np.ndarray, k: int, single: int):
+def bench_factory(factory: str, vectors: np.ndarray, queries: np.ndarray, k: int, single: int,
+                  tune_queries: np.ndarray | None = None, memory_mb: int = 4096):
     start = time.perf_counter()
-    index = build_index(vectors, factory)
+    if factory == "auto":  # what index.factory: auto does: choose, build, tune on other queries than the timed ones
+        chosen, _ = choose_factory(len(vectors), vectors.shape[1], memory_mb)
+        index = build_index(vectors, chosen)
+        facts = tune_index(index, vectors, tune_queries, recall_target=0.95)
+        factory = f"auto: {chosen} {','.join(f'{k}={v}' for k, v in facts['search_params'].items())}"
+    else:
+        index = build_index(vectors, factory)
     build_s = time.perf_counter() - start
 
     index.search(queries[:10], k)  # warm up (page in, thread pool)
@@ -85,7 +95,7 @@ def bench_factory(factory: str, vectors: np.ndarray, queries: np.ndarray, k: int
     finally:
         faiss.omp_set_num_threads(threads)
     return index, ids, {
-        "build_s": build_s, "batch_qps": batch_qps, "single_qps": len(latencies) / sum(latencies),
+        "factory": factory, "build_s": build_s, "batch_qps": batch_qps, "single_qps": len(latencies) / sum(latencies),
         "single_ms": 1000 * statistics.median(latencies), "mib": index_mib(index),
     }
 
@@ -102,6 +112,7 @@ def main(argv=None):
                         help="mean vectors per cluster (a dish has a few passages)")
     parser.add_argument("--spread", type=float, default=1.0, help="noise norm relative to the cluster centre")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--memory-mb", type=int, default=4096, help="index.max_memory_mb for the factory `auto`")
     args = parser.parse_args(argv)
 
     factories = [expand(f, args.passages) for f in args.factories]
@@ -110,23 +121,24 @@ def main(argv=None):
     print(f"{args.passages} passages, {args.queries} queries ({args.single} one at a time), k={args.k}, "
           f"{clusters} clusters, spread {args.spread}; faiss {faiss.__version__}, "
           f"{faiss.omp_get_max_threads()} threads")
-    header = (f"{'dim':>4} {'factory':<16} {'build s':>8} {'batch q/s':>10} {'1-query q/s':>11} "
+    header = (f"{'dim':>4} {'factory':<28} {'build s':>8} {'batch q/s':>10} {'1-query q/s':>11} "
               f"{'1-query ms':>10} {f'recall@{args.k}':>9} {'MiB':>7}")
     print(header)
     for dim in args.dims:
-        vectors, queries = make_data(args.passages, args.queries, dim, clusters, args.spread, args.seed)
+        vectors, queries, tune_queries = make_data(args.passages, args.queries, dim, clusters, args.spread, args.seed)
         exact = None
         rows = []
         # Flat first: its answers are the ground truth for the others' recall.
         for factory in sorted(factories, key=lambda f: f != "Flat"):
-            _, ids, row = bench_factory(factory, vectors, queries, args.k, args.single)
+            _, ids, row = bench_factory(factory, vectors, queries, args.k, args.single, tune_queries, args.memory_mb)
+            factory = row["factory"]
             if factory == "Flat":
                 exact = ids
             if exact is None:
                 exact = build_index(vectors, "Flat").search(queries, args.k)[1]
             row["recall"] = recall_at(ids, exact, args.k)
             rows.append((factory, row))
-            print(f"{dim:>4} {factory:<16} {row['build_s']:>8.2f} {row['batch_qps']:>10.0f} "
+            print(f"{dim:>4} {factory:<28} {row['build_s']:>8.2f} {row['batch_qps']:>10.0f} "
                   f"{row['single_qps']:>11.0f} {row['single_ms']:>10.3f} {row['recall']:>9.3f} "
                   f"{row['mib']:>7.1f}", flush=True)
     print(f"load average at the end: {load_average()}")

@@ -134,7 +134,8 @@ def save_index(index: faiss.Index, out_dir: str | Path, *, factory: str, passage
 def build_passage_index(model_dir: str | Path, docstore_path: str | Path, out_dir: str | Path,
                         factory: str, *, max_memory_mb: int = 4096, recall_target: float = 0.95,
                         nprobe: int | None = None, efSearch: int | None = None,
-                        queries: np.ndarray | None = None, device=None) -> dict:
+                        queries: np.ndarray | None = None, queries_label: str = "held-out queries",
+                        device=None) -> dict:
     """Embed every docstore passage with `model_dir`, index them with `factory` (or `auto`), write `out_dir`.
 
     `queries` (Q, D) are held-out query vectors the search knob is tuned and recall measured on (the
@@ -150,7 +151,7 @@ def build_passage_index(model_dir: str | Path, docstore_path: str | Path, out_di
         knob = search_knob(index)
         nprobe, efSearch = (nprobe if knob == "nprobe" else None), (efSearch if knob == "efSearch" else None)
     facts = tune_index(index, vectors, queries, recall_target=recall_target if requested == AUTO else None,
-                       nprobe=nprobe, efSearch=efSearch)
+                       nprobe=nprobe, efSearch=efSearch, queries_label=queries_label)
     facts = {"factory_requested": requested, "factory_reason": reason, **facts}
     manifest = save_index(index, out_dir, factory=factory, passage_ids=docstore["id"].tolist(),
                           docstore_sha256=sha256_file(docstore_path), model_sha256=weights_sha256(model_dir),
@@ -243,7 +244,8 @@ def _knob_range(index: faiss.Index, knob: str) -> tuple[int, int]:
 
 
 def tune_index(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray | None, *,
-               recall_target: float | None, nprobe: int | None = None, efSearch: int | None = None) -> dict:
+               recall_target: float | None, nprobe: int | None = None, efSearch: int | None = None,
+               queries_label: str = "held-out queries") -> dict:
     """Set the index's search knob and measure its recall_vs_exact@10 on `queries` (a sample of `vectors` if None).
 
     A knob given (`nprobe` / `efSearch`) is used as is; else, with a `recall_target`, the smallest value that
@@ -255,7 +257,7 @@ def tune_index(index: faiss.Index, vectors: np.ndarray, queries: np.ndarray | No
         if name != knob:
             raise FaclipError(f"index.{name}={given[name]} does not apply to this index ({knob or 'no'} search knob); "
                               f"set index.{name} to null")
-    source = "held-out queries"
+    source = queries_label
     if queries is None or len(queries) == 0:
         source, queries = "indexed passages", vectors
     rows = np.random.default_rng(SEED).permutation(len(queries))[:TUNE_QUERIES]

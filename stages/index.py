@@ -35,7 +35,8 @@ def main(argv=None):
     # 2. embed every passage, choose (auto), build, train and tune the index, write it with its manifest
     manifest = build_passage_index(args.model, args.docstore, args.out, factory=params.factory,
                                    max_memory_mb=params.max_memory_mb, recall_target=params.recall_target,
-                                   nprobe=params.nprobe, efSearch=params.efSearch, queries=queries)
+                                   nprobe=params.nprobe, efSearch=params.efSearch, queries=queries,
+                                   queries_label="train-split images")
 
     # 3. report
     logger.info("wrote %s: %d passages, dim %d, factory %s (%s), %s, recall_vs_exact@10 %s", args.out,
