@@ -6,6 +6,8 @@ caller decides (`faclip.train` maps the `positives` param to ids): the dish (a b
 several pairs of one dish: one image with two passages, two photos of one dish; the default), the
 image (the original project's grouping, which treats two photos of one dish as negatives and pushes
 apart what the model should pull together), or the pair itself (plain CLIP: the diagonal only).
+With frozen image vectors, grouping by image IS plain CLIP: two pairs of one photo have equal logits
+rows, so a target split over both costs what one target each costs (tests/test_loss.py shows it).
 """
 
 import math

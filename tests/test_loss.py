@@ -97,3 +97,19 @@ def test_image_grouping_pushes_two_photos_of_a_dish_apart():
         contrastive_loss(image_features, text, torch.tensor(groups), torch.tensor(3.0)).backward()
         grads[name] = text.grad
     assert grads["dish"].abs().max() < 1e-6 and grads["image"].abs().max() > 0.1
+
+
+def test_with_frozen_image_vectors_grouping_by_image_is_plain_clip():
+    # Pairs 0 and 1 share photo A (one vector, as the frozen cached embeddings give), with two passages.
+    # Their logits rows are equal, so a target split over both costs what one target each costs, in both
+    # directions: `positives: image` trains exactly as `pair` does here, and unlike `dish`.
+    torch.manual_seed(0)
+    image_features = F.normalize(torch.randn(3, 8), dim=-1)[[0, 0, 1, 2]]  # photos A, A, B, C
+    text_features = F.normalize(torch.randn(4, 8), dim=-1).requires_grad_()
+    losses, grads = {}, {}
+    for name, groups in (("image", [0, 0, 1, 2]), ("pair", [0, 1, 2, 3]), ("dish", [0, 0, 0, 1])):
+        loss = contrastive_loss(image_features, text_features, torch.tensor(groups), torch.tensor(1.0))
+        losses[name], (grads[name],) = loss.item(), torch.autograd.grad(loss, text_features)
+    assert losses["image"] == pytest.approx(losses["pair"], rel=1e-6)
+    torch.testing.assert_close(grads["image"], grads["pair"])
+    assert abs(losses["dish"] - losses["pair"]) > 1e-3
