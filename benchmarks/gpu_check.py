@@ -103,7 +103,7 @@ def report(label: str, row: dict) -> None:
 def learned(folder: Path) -> tuple[bool, str]:
     metrics = json.loads((folder / "metrics" / "train.json").read_text(encoding="utf-8"))
     before, after = metrics["untrained_test_recall@5"], metrics["test_recall@5"]
-    return after > before, f"held-out recall@5 {before:.3f} untrained -> {after:.3f} after the epoch"
+    return after > before, f"held-out recall@5 {before:.3f} untrained -> {after:.3f} trained"
 
 
 def main(argv=None):
@@ -147,7 +147,7 @@ def main(argv=None):
 
         legs = [(1, "one GPU" if gpus else "one CPU process")]
         if gpus >= 2 or args.dry_run:
-            legs.append((max(gpus, 2), f"{max(gpus, 2)} {'GPUs' if gpus else 'CPU processes'} (accelerate)"))
+            legs.append((max(gpus, 2), f"{gpus} GPUs (accelerate launch)" if gpus else "2 CPU processes (torchrun)"))
         for stage in ("prepare", "base"):
             run_stage(commands[stage], folder, folder / f"{stage}.log")
         for processes, label in legs:
