@@ -143,6 +143,12 @@ def zero_shot(test: TestSet, title_emb: np.ndarray, title_dish: np.ndarray) -> d
             "mean_per_class_recall": float(per_dish[test.images_per_dish > 0].mean())}
 
 
+def zero_shot_chance(test: TestSet, n_classes: int) -> dict[str, float]:
+    """Expected acc@k of guessing dishes at random: what 'no better than chance' means for zero-shot."""
+    dishes_per_image = np.bincount(test.shown_image, minlength=len(test.image_sha256))  # (M,)
+    return {f"acc@{k}": chance_recall_at_k(dishes_per_image, n_classes, k) for k in ZERO_SHOT_KS}
+
+
 def dish_titles(passages: pd.DataFrame, dishes: list[str]) -> tuple[list[str], np.ndarray]:
     """Each dish's title (that of its first passage in index order) and its dish index, dishes in index order."""
     first = passages.drop_duplicates("food_id")
@@ -152,7 +158,8 @@ def dish_titles(passages: pd.DataFrame, dishes: list[str]) -> tuple[list[str], n
     return [first["title"].iloc[i] for i in order], title_dish[order]
 
 
-def dish_centroids(pairs: pd.DataFrame, embeddings: ImageEmbeddings, dishes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def dish_centroids(pairs: pd.DataFrame, embeddings: ImageEmbeddings,
+                   dishes: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """Each dish's centroid of its train-split image vectors, L2-normalised (C, D), and whether it has one (C,).
 
     An image counts once per dish it is paired with, however many passages it pairs with.
@@ -251,6 +258,8 @@ def run_evaluation(*, index_dir: str | Path, model_dir: str | Path, base_text_di
             index_metrics = {f"recall_vs_exact@{RECALL_VS_EXACT_K}": recall_vs_exact(
                 index, text_emb, test.image_emb, k=RECALL_VS_EXACT_K)}
         del text_emb
+
+    classified["chance"] = zero_shot_chance(test, len(title_dish))
 
     # 2. the ceiling: every passage at its dish's centroid of train-split image vectors
     rows = np.flatnonzero(has_centroid[test.passage_dish])  # passages whose dish has train images

@@ -57,9 +57,9 @@ class ModelParams:
 
 @dataclass(frozen=True)
 class TrainParams:
-    epochs: int = 10
+    epochs: int = 20
     batch_size: int = 32
-    learning_rate: float = 5e-4
+    learning_rate: float = 1e-3
     weight_decay: float = 0.01
     warmup_steps: int = 20
     max_text_len: int = 128

@@ -177,9 +177,10 @@ def test_exp_run_positives_image_then_metrics_diff_shows_what_the_original_objec
     assert ran_stages(result.stdout) == {"train", "index", "evaluate"}, result.stdout
     shown = json.dumps(json.loads(dvc(repo, "exp", "show", "--json").stdout))
     assert "by-image" in shown and '"positives": "image"' in shown
-    diff = json.loads(dvc(repo, "metrics", "diff", "--json").stdout)["metrics/eval.json"]
-    assert "finetuned.image_to_text.recall@5" in diff or "finetuned.image_to_text.mrr" in diff, diff
-    assert "zero_shot.finetuned.acc@1" in diff or "zero_shot.finetuned.acc@5" in diff, diff
+    diffs = json.loads(dvc(repo, "metrics", "diff", "--json").stdout)
+    assert "loss" in diffs["metrics/train.json"], diffs  # another objective: another model
+    diff = diffs["metrics/eval.json"]
+    assert [key for key in diff if key.startswith(("finetuned.", "zero_shot.finetuned."))], diff
     # The ceiling and the base model do not depend on the objective: they must not move.
     assert not [key for key in diff if key.startswith(("ceiling.image_to_text", "base.", "zero_shot.base"))], diff
     eval_metrics = json.loads((repo / "metrics/eval.json").read_text(encoding="utf-8"))

@@ -288,6 +288,7 @@ def test_stage_writes_nested_metrics_and_plot_tables(stage_inputs, tmp_path):
     assert metrics["zero_shot"]["finetuned"] == metrics["zero_shot"]["base"]
     assert set(metrics["zero_shot"]["base"]) == {"acc@1", "acc@5", "mean_per_class_recall"}
     assert metrics["zero_shot"]["base"]["acc@5"] == 1.0  # 4 dishes: every photo's dish is in the top 5
+    assert metrics["zero_shot"]["chance"] == {"acc@1": 0.25, "acc@5": 1.0}  # one dish of 4 per photo
     assert metrics["index"] == {"recall_vs_exact@10": 1.0}  # a Flat index is exact
     recall = pd.read_csv(tmp_path / "metrics/eval_plots/recall_at_k.csv")
     assert list(recall.columns) == ["k", "finetuned", "base", "ceiling"]
