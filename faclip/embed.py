@@ -2,9 +2,11 @@
 
 On disk (`data/image_embeddings/`, and each cache folder): `embeddings.npy` float32 (N, D),
 L2-normalised, rows in the order of `image_sha256.txt` (sorted hex shas, one a line), and
-`manifest.json` {"vision_sha256", "dim", "count"}. The cache, `cache_dir/<vision_sha256>-<DECODE>/`, has
-the same layout and grows run by run, so adding images to the data encodes only the new ones; it is
-keyed by how images are decoded too (`faclip.encode.DECODE`), so vectors of another decode never mix in.
+`manifest.json` {"vision_sha256", "dim", "count", "sha256": {file: sha256}}. The cache,
+`cache_dir/<vision_sha256>-<DECODE>/`, has the same layout and grows run by run, so adding images to the
+data encodes only the new ones; it is keyed by how images are decoded too (`faclip.encode.DECODE`), so
+vectors of another decode never mix in. Every read checks both files against the manifest's sha256: a
+damaged cache is discarded (and its images encoded again), damaged embeddings are a one-line error.
 
 `embed_images` runs on every process that `accelerate launch` / `torchrun` starts (or on one): the images
 not yet cached are cut into batches, process r encodes batches r, r + N, ..., and the vectors are
@@ -26,7 +28,8 @@ from accelerate.utils import gather_object, parse_flag_from_env
 
 from faclip.encode import DECODE, encode_images
 from faclip.errors import FaclipError
-from faclip.files import atomic_dir, resolve_under_root, sha256_dir, write_json, write_text
+from faclip.files import (atomic_dir, remove_stale_temps, resolve_under_root, sha256_dir, sha256_file, write_json,
+                          write_text)
 from faclip.models import load_vision_model, require_model_folder
 
 logger = logging.getLogger(__name__)
@@ -75,25 +78,56 @@ class ImageEmbeddings:
 
 
 def save_image_embeddings(path: str | Path, embeddings: ImageEmbeddings) -> None:
-    """Write the folder (vectors, sorted shas, manifest) atomically; byte-identical for equal inputs."""
+    """Write the folder (vectors, sorted shas, manifest with their sha256) atomically; byte-identical
+    for equal inputs."""
     with atomic_dir(path) as tmp:
         np.save(tmp / VECTORS, np.ascontiguousarray(embeddings.vectors, dtype=np.float32), allow_pickle=False)
         write_text(tmp / SHAS, "".join(f"{sha}\n" for sha in embeddings.image_sha256))
         write_json(tmp / MANIFEST, {"vision_sha256": embeddings.vision_sha256, "dim": embeddings.dim,
-                                    "count": len(embeddings.image_sha256)})
+                                    "count": len(embeddings.image_sha256),
+                                    "sha256": {name: sha256_file(tmp / name) for name in (VECTORS, SHAS)}})
+
+
+class DamagedEmbeddings(FaclipError):
+    """An embeddings folder whose files do not match its manifest (or cannot be read at all)."""
+
+    def __init__(self, path: Path, what: str):
+        super().__init__(f"the image embeddings in {path} are damaged ({what}); restore them with "
+                         f"`dvc checkout {path}` or rebuild them with `dvc repro -f embed`")
+        self.what = what
 
 
 def load_image_embeddings(path: str | Path) -> ImageEmbeddings:
-    """Load a folder written by `save_image_embeddings` (milliseconds: one .npy and two small files)."""
+    """Load a folder written by `save_image_embeddings`, checking each file's sha256 against the
+    manifest; anything damaged (a flipped byte, a truncated file, a garbage manifest) is a one-line
+    DamagedEmbeddings."""
     path = Path(path)
     if not (path / MANIFEST).is_file():
         raise FaclipError(f"no image embeddings at {path}; run `dvc repro embed` to create them")
-    manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
-    shas = (path / SHAS).read_text(encoding="utf-8").split()
-    vectors = np.load(path / VECTORS, allow_pickle=False)
-    if vectors.shape != (manifest["count"], manifest["dim"]) or len(shas) != manifest["count"]:
-        raise FaclipError(f"image embeddings at {path} are inconsistent ({vectors.shape} vectors, "
-                          f"{len(shas)} shas, manifest {manifest}); delete the folder and rerun `dvc repro embed`")
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise DamagedEmbeddings(path, f"{MANIFEST} does not parse: {type(err).__name__}") from None
+    expected = manifest.get("sha256") if isinstance(manifest, dict) else None
+    if not isinstance(expected, dict) or not all(isinstance(manifest.get(k), t) for k, t in
+                                                 (("count", int), ("dim", int), ("vision_sha256", str))):
+        raise DamagedEmbeddings(path, f"{MANIFEST} lacks count, dim, vision_sha256 or the files' sha256")
+    for name in (VECTORS, SHAS):
+        try:
+            actual = sha256_file(path / name)
+        except OSError as err:
+            raise DamagedEmbeddings(path, f"{name}: {err.strerror}") from None
+        if actual != expected.get(name):
+            raise DamagedEmbeddings(path, f"{name} does not match the sha256 in {MANIFEST}")
+    try:
+        shas = (path / SHAS).read_text(encoding="utf-8").split()
+        vectors = np.load(path / VECTORS, allow_pickle=False)
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise DamagedEmbeddings(path, f"{type(err).__name__}: {err}") from None
+    if vectors.shape != (manifest["count"], manifest["dim"]) or len(shas) != manifest["count"] \
+            or vectors.dtype != np.float32 or shas != sorted(set(shas)):
+        raise DamagedEmbeddings(path, f"{vectors.shape} {vectors.dtype} vectors and {len(shas)} shas for a "
+                                      f"manifest of {manifest['count']} x {manifest['dim']}")
     return ImageEmbeddings(shas, vectors, manifest["vision_sha256"])
 
 
@@ -119,10 +153,20 @@ def _distinct_images(pairs: pd.DataFrame, data_root: Path) -> dict[str, Path]:
 
 
 def _load_cache(folder: Path, vision_sha256: str) -> ImageEmbeddings | None:
+    """The cached vectors of this vision model, or None: none yet, or damaged (discarded with a warning:
+    its images are encoded again). Temp folders of an interrupted cache write are removed first, so
+    DVC never commits them with the (persisted) cache output."""
+    remove_stale_temps(folder.parent)
     if not (folder / MANIFEST).is_file():
         return None
-    cached = load_image_embeddings(folder)
-    assert cached.vision_sha256 == vision_sha256, f"cache {folder} holds another model's vectors"
+    try:
+        cached = load_image_embeddings(folder)
+        if cached.vision_sha256 != vision_sha256:
+            raise DamagedEmbeddings(folder, f"it holds the vectors of vision model {cached.vision_sha256[:12]}")
+    except DamagedEmbeddings as err:
+        logger.warning("discarding the damaged embedding cache %s (%s); its images are encoded again", folder,
+                       err.what)
+        return None
     return cached
 
 

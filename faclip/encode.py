@@ -16,6 +16,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from faclip.errors import FaclipError
+from faclip.files import image_size_problem
 from faclip.text import normalize_text
 
 logger = logging.getLogger(__name__)
@@ -51,10 +52,15 @@ def _eval_mode(model):
         model.train(was_training)
 
 
+# Text runs 2-6 characters a token, so cutting it at 64 a token before normalising and tokenising
+# leaves its first max_len tokens as they were, and a 50 MB passage costs what a page does.
+CHARS_PER_TOKEN_BOUND = 64
+
+
 def tokenize(tokenizer, texts: Sequence[str], max_len: int, padding: bool = True):
     """Normalise and tokenise texts, truncated to max_len; padded to the longest when `padding`."""
     return tokenizer(
-        [normalize_text(t) for t in texts],
+        [normalize_text(t[: max_len * CHARS_PER_TOKEN_BOUND]) for t in texts],
         truncation=True,
         max_length=max_len,
         padding="longest" if padding else False,
@@ -92,17 +98,24 @@ def decode_min_side(processor) -> int | None:
 def load_rgb(source: ImageSource, min_side: int | None = None) -> Image.Image:
     """Open an image (path, bytes or PIL) as RGB, EXIF-rotated; RGBA/LA/P go onto white.
 
-    With `min_side`, a JPEG is decoded at the smallest DCT scale whose both sides stay >= min_side."""
+    With `min_side`, a JPEG is decoded at the smallest DCT scale whose both sides stay >= min_side.
+    Too many pixels or too elongated (`image_size_problem`, from the header) is refused undecoded."""
+    name = "image bytes" if isinstance(source, bytes) else str(source)
     try:
         if isinstance(source, Image.Image):
             image = source
         else:
             image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+        problem = image_size_problem(*image.size)  # from the header: nothing is decoded yet
+        if problem is not None:
+            if image is not source:
+                image.close()
+            raise FaclipError(f"cannot use image {name}: {problem[1]}; crop or shrink it")
+        if image is not source:
             if min_side and image.format == "JPEG":
                 image.draft(image.mode, (min_side, min_side))
             image.load()
     except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
-        name = "image bytes" if isinstance(source, bytes) else str(source)
         raise FaclipError(f"cannot read image {name} ({err}); give a JPEG/PNG/WebP file") from None
     image = ImageOps.exif_transpose(image)
     if image.mode.startswith("I;16"):

@@ -1,19 +1,50 @@
 """The one user-facing error type, and the wrapper that turns it into a one-line exit."""
 
+import errno
 import logging
+import os
 import sys
+from pathlib import Path
 from typing import Callable
+
+DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+DISK_FULL_TEXTS = ("No space left on device", "Disk quota exceeded")
+NEARLY_FULL_BYTES = 1 << 20
 
 
 class FaclipError(Exception):
     """A problem the user can fix: the message says what was wrong and what to do."""
 
 
+def is_disk_full(err: BaseException, folder: str | Path | None = None) -> bool:
+    """Whether `err` means the disk (or quota) is full: ENOSPC/EDQUOT, the same error as a library words
+    it, or (when `folder` is given) any OS/runtime write error while `folder`'s disk has < 1 MiB free
+    (torch, for one, reports a full disk only as 'file write failed')."""
+    if isinstance(err, OSError) and err.errno in DISK_FULL_ERRNOS:
+        return True
+    if any(text in str(err) for text in DISK_FULL_TEXTS):
+        return True
+    if folder is not None and isinstance(err, (OSError, RuntimeError)):
+        try:
+            info = os.statvfs(folder)
+        except (OSError, AttributeError):
+            return False
+        return info.f_bavail * info.f_frsize < NEARLY_FULL_BYTES
+    return False
+
+
 def run_main(main: Callable[[], None]) -> None:
-    """Run a stage/CLI `main` with logging set up; a FaclipError becomes one line on stderr, exit 2."""
+    """Run a stage/CLI `main` with logging set up; a FaclipError (or a full disk) becomes one line on
+    stderr, exit 2."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         main()
     except FaclipError as err:
         print(f"faclip error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as err:
+        if not is_disk_full(err):
+            raise
+        where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+        print(f"faclip error: no space left on the device{where}; free some space and rerun", file=sys.stderr)
         sys.exit(2)

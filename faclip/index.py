@@ -302,12 +302,32 @@ def _smallest_reaching(recall_at, target: float, low: int, high: int) -> int:
     return value
 
 
+# What every reader relies on in a manifest, and its type.
+MANIFEST_FIELDS = {"factory": str, "dim": int, "count": int, "passage_ids": list, "docstore_sha256": str,
+                   "model_sha256": str, "index_sha256": str}
+
+
 def read_manifest(index_dir: str | Path) -> dict:
-    """The index manifest; a one-line error when the index is missing."""
+    """The index manifest; a one-line error when the index is missing or the manifest is damaged
+    (not JSON, not an object, a field missing or of the wrong type). The sha256 it records are
+    checked by `check_manifest`."""
     path = Path(index_dir) / MANIFEST_FILE
     if not path.is_file() or not (Path(index_dir) / INDEX_FILE).is_file():
         raise FaclipError(f"no index found in {index_dir}; {REBUILD}")
-    return json.loads(path.read_text(encoding="utf-8"))
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise FaclipError(f"{path} is damaged (not JSON: {type(err).__name__}); {REBUILD}") from None
+    if not isinstance(manifest, dict):
+        raise FaclipError(f"{path} is damaged (a JSON {type(manifest).__name__}, not an object); {REBUILD}")
+    for key, kind in MANIFEST_FIELDS.items():
+        if not isinstance(manifest.get(key), kind):
+            raise FaclipError(f"{path} is damaged or from another faclip ({key!r} missing or not a "
+                              f"{kind.__name__}); {REBUILD}")
+    if len(manifest["passage_ids"]) != manifest["count"] or not isinstance(manifest.get("search_params", {}), dict):
+        raise FaclipError(f"{path} is damaged ({len(manifest['passage_ids'])} passage ids for a count of "
+                          f"{manifest['count']}, or search_params not an object); {REBUILD}")
+    return manifest
 
 
 def check_manifest(index_dir: str | Path, model_dir: str | Path, docstore_path: str | Path) -> dict:

@@ -1,15 +1,20 @@
 """params.yaml, parsed once into frozen, validated dataclasses (one per stage's concern).
 
 Training keys are top-level so that `dvc exp run --set-param epochs=5` works as users type it.
-Every bad value is a one-line FaclipError naming the key and what is allowed.
+Every bad value, and every key faclip does not know (a typo such as `epoch` or `data.rooot`), is a
+one-line FaclipError naming the key and what is allowed. The file is read with the YAML rules DVC
+reads it with (ruamel.yaml, YAML 1.2), so a value DVC writes (`dvc exp run -S learning_rate=0.00003`
+writes `3e-05`) means here what it means to DVC: a number.
 """
 
 import dataclasses
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from faclip.errors import FaclipError
 
@@ -140,26 +145,52 @@ SECTIONS = {"data": DataParams, "model": ModelParams, "embed": EmbedParams, "ind
             "eval": EvalParams}
 
 
-def _build(cls, values: dict, where: str):
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - known)
+def _unknown_key(key, known: list[str], where: str, also: str = "") -> FaclipError:
+    name = f"{where}{key}"
+    close = difflib.get_close_matches(str(name), [f"{where}{k}" for k in known], n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return FaclipError(f"params.yaml: unknown key {name!r}{hint}; the known {where.rstrip('.') or 'top-level'} keys "
+                       f"are {', '.join(f'{where}{k}' for k in known)}{also}")
+
+
+def _build(cls, values: dict, where: str, also: str = ""):
+    known = sorted(f.name for f in dataclasses.fields(cls))
+    unknown = sorted((k for k in values if k not in known), key=str)
     if unknown:
-        raise FaclipError(f"params.yaml: unknown key {where}{unknown[0]!r}; known keys are {sorted(known)}")
+        raise _unknown_key(unknown[0], known, where, also)
     return cls(**values)
 
 
 def parse_params(raw: dict) -> Params:
-    """Validate a params mapping (as read from params.yaml) into Params."""
+    """Validate a params mapping (as read from params.yaml) into Params; every key must be known."""
     if not isinstance(raw, dict):
         raise FaclipError("params.yaml must be a mapping of keys to values; see the README for the schema")
     top = {k: v for k, v in raw.items() if k not in SECTIONS}
     sections = {}
     for name, cls in SECTIONS.items():
-        values = raw.get(name) or {}
+        values = raw.get(name)
+        values = {} if values is None else values
         if not isinstance(values, dict):
-            raise FaclipError(f"params.yaml: {name} must be a mapping, got {values!r}")
+            raise FaclipError(f"params.yaml: {name} must be a mapping of keys, got {values!r}")
         sections[name] = _build(cls, values, f"{name}.")
-    return Params(train=_build(TrainParams, top, ""), **sections)
+    also = f", and the sections {', '.join(SECTIONS)}"
+    return Params(train=_build(TrainParams, top, "", also), **sections)
+
+
+def read_yaml(path: Path):
+    """A YAML file as DVC reads it (ruamel.yaml's safe loader, YAML 1.2); an empty file is {}."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise FaclipError(f"cannot read {path} ({err}); it must be a UTF-8 text file") from None
+    try:
+        return YAML(typ="safe").load(text) or {}
+    except YAMLError as err:
+        if isinstance(err, MarkedYAMLError) and err.problem_mark is not None:
+            where = f"line {err.problem_mark.line + 1}: {err.problem}"
+        else:
+            where = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise FaclipError(f"{path} is not valid YAML ({where}); fix the syntax") from None
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:
@@ -167,8 +198,4 @@ def load_params(path: str | Path = "params.yaml") -> Params:
     path = Path(path)
     if not path.is_file():
         raise FaclipError(f"{path} not found; run from the repository root, where params.yaml lives")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise FaclipError(f"{path} is not valid YAML ({str(err).splitlines()[0]}); fix the syntax") from None
-    return parse_params(raw)
+    return parse_params(read_yaml(path))

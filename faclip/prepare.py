@@ -6,11 +6,13 @@ Every bad record is skipped, counted by reason and named (file, position, detail
 reaches the outputs, and nothing good is silently changed.
 """
 
+import functools
 import hashlib
 import io
 import json
 import logging
 import os
+import re
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -21,14 +23,13 @@ from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from faclip.errors import FaclipError
-from faclip.files import resolve_under_root
+from faclip.files import (MAX_IMAGE_BYTES, MAX_JSON_BYTES, RefusedFile, image_size_problem, read_regular_file,
+                          resolve_under_root)
 from faclip.tables import DOCSTORE_COLUMNS, PAIRS_COLUMNS
-from faclip.text import food_id_for, passage_id_for
+from faclip.text import food_id_for, invalid_character, is_blank, passage_id_for
 
 logger = logging.getLogger(__name__)
 
-# An image whose header claims more pixels than this is skipped unopened (decompression bomb).
-MAX_IMAGE_PIXELS = 64_000_000
 LOGGED_PER_REASON = 20
 
 LAYOUT_HINT = (
@@ -71,37 +72,78 @@ class Prepared:
 JSON_SUFFIXES = (".json", ".jsonl")  # either suffix may hold any of the three forms
 
 
-def find_json_files(root: Path) -> list[Path]:
-    """Every *.json / *.jsonl file under root, in a sorted, machine-independent order."""
-    files = [Path(d) / f for d, _, names in os.walk(root, followlinks=False) for f in names
+def find_json_files(root: Path, skips: Skips | None = None) -> list[Path]:
+    """Every *.json / *.jsonl file under root, in a sorted, machine-independent order (symlinked
+    folders are not entered); a folder that cannot be listed is a `folder_unreadable` skip."""
+    errors = []
+    files = [Path(d) / f for d, _, names in os.walk(root, followlinks=False, onerror=errors.append) for f in names
              if f.lower().endswith(JSON_SUFFIXES)]
+    for err in sorted(errors, key=lambda e: str(e.filename)):
+        if skips is not None:
+            skips.add("folder_unreadable", _relative(root, err.filename), detail=err.strerror or "")
     return sorted(files, key=lambda p: p.relative_to(root).as_posix())
 
 
-def read_json_objects(path: Path, source: str, skips: Skips) -> list[tuple[str, object]]:
-    """(position, item) for each item of a JSON object / list / JSON Lines file; bad files and lines are skipped."""
+def _relative(root: Path, path) -> str:
     try:
-        text = path.read_bytes().decode("utf-8-sig")
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+class _TooDeep(Exception):
+    pass
+
+
+def _loads(text: str):
+    """json.loads; a document nested deeper than Python's recursion allows raises _TooDeep."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise _TooDeep() from None
+
+
+def read_json_objects(path: Path, source: str, skips: Skips, root: Path | None = None) -> list[tuple[str, object]]:
+    """(position, item) for each item of a JSON object / list / JSON Lines file; bad files and lines are skipped.
+
+    The file is read only if it is a regular file under `root` of at most MAX_JSON_BYTES: a FIFO, a
+    device, a symlink loop or a symlink out of the root is a skip, never a hang or a crash.
+    """
+    try:
+        data = read_regular_file(path, path.parent if root is None else root, MAX_JSON_BYTES)
+    except RefusedFile as refused:
+        skips.add(f"json_{refused.kind}", source, detail=refused.detail)
+        return []
+    try:
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         skips.add("non_utf8_file", source, detail=f"byte {err.start}; save the file as UTF-8")
         return []
     try:
-        document = json.loads(text)
-    except json.JSONDecodeError as err:
+        document = _loads(text)
+    except _TooDeep:
+        skips.add("json_too_deep", source, detail="nested deeper than Python's recursion limit")
+        return []
+    except ValueError as err:  # JSONDecodeError, or an integer of over 4300 digits
         lines = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
         parsed = []
         for n, line in lines:
             try:
-                parsed.append((n, json.loads(line)))
-            except json.JSONDecodeError:
+                parsed.append((n, _loads(line)))
+            except _TooDeep:
+                parsed.append((n, _TooDeep))
+            except ValueError:
                 parsed.append((n, None))
         if len(lines) < 2 or not any(isinstance(obj, dict) for _, obj in parsed):
-            skips.add("malformed_json_file", source, detail=f"line {err.lineno}: {err.msg}")
+            detail = f"line {err.lineno}: {err.msg}" if isinstance(err, json.JSONDecodeError) else str(err)
+            skips.add("malformed_json_file", source, detail=detail)
             return []
         items = []
         for n, obj in parsed:  # JSON Lines: each line stands alone
             if obj is None:
                 skips.add("malformed_json_line", source, f"line {n}")
+            elif obj is _TooDeep:
+                skips.add("json_too_deep", source, f"line {n}", "nested deeper than Python's recursion limit")
             else:
                 items.append((f"line {n}", obj))
         return items
@@ -110,9 +152,24 @@ def read_json_objects(path: Path, source: str, skips: Skips) -> list[tuple[str, 
     return [("object", document)]
 
 
-def _text_field(record: dict, key: str) -> str | None:
-    value = record.get(key)
-    return value.strip() if isinstance(value, str) and value.strip() else None
+def _text_field(record: dict, key: str) -> tuple[str | None, str]:
+    """(the field's text, "") when usable, else (None, why): absent, not a string, blank after normalisation."""
+    if key not in record:
+        return None, "absent"
+    value = record[key]
+    if not isinstance(value, str):
+        return None, f"not a string ({type(value).__name__})"
+    if is_blank(value):
+        return None, "blank after normalisation" if value.strip() else "empty"
+    return value.strip(), ""
+
+
+def _invalid_characters(fields: dict[str, str]) -> str | None:
+    for key, value in fields.items():
+        where = invalid_character(value)
+        if where is not None:
+            return f"{key}: {where}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -125,34 +182,45 @@ class ImageCheck:
     detail: str = ""
 
 
-def check_image(path: str) -> ImageCheck:
-    """Hash the file and decode it fully, refusing bombs from the header."""
+# A PIL message may name an in-memory object (`<_io.BytesIO object at 0x7f...>`): never in the skip report.
+_ADDRESS = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>|\s+at 0x[0-9a-fA-F]+")
+
+
+def _error_detail(err: Exception) -> str:
+    return _ADDRESS.sub("", str(err)).strip() or type(err).__name__
+
+
+def check_image(path: str, root: str | None = None) -> ImageCheck:
+    """Read (a regular file under `root`, bounded size), hash and fully decode one image, refusing
+    bombs and extreme aspect ratios from the header. Never raises: a bad image is a reason."""
     try:
-        data = Path(path).read_bytes()
-    except OSError as err:
-        return ImageCheck(path, None, "image_unreadable", str(err.strerror))
+        data = read_regular_file(path, os.path.dirname(path) if root is None else root, MAX_IMAGE_BYTES)
+    except RefusedFile as refused:
+        return ImageCheck(path, None, f"image_{refused.kind}", refused.detail)
     try:
         with Image.open(io.BytesIO(data)) as image:
-            width, height = image.size  # from the header; nothing decoded yet
-            if width * height > MAX_IMAGE_PIXELS:
-                return ImageCheck(path, None, "image_too_large",
-                                  f"{width}x{height} pixels (limit {MAX_IMAGE_PIXELS})")
+            problem = image_size_problem(*image.size)  # from the header; nothing decoded yet
+            if problem is not None:
+                return ImageCheck(path, None, f"image_{problem[0]}", problem[1])
             image.load()  # full decode: catches truncated and corrupt files
     except Image.DecompressionBombError as err:
-        return ImageCheck(path, None, "image_too_large", str(err))
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as err:
-        return ImageCheck(path, None, "image_corrupt", str(err))
+        return ImageCheck(path, None, "image_too_large", _error_detail(err))
+    except UnidentifiedImageError:
+        return ImageCheck(path, None, "image_corrupt", "not an image format PIL can read")
+    except Exception as err:  # a damaged file makes decoders raise all sorts; none may stop the run
+        return ImageCheck(path, None, "image_corrupt", _error_detail(err))
     return ImageCheck(path, hashlib.sha256(data).hexdigest())
 
 
-def check_images(paths: list[str], workers: int) -> dict[str, ImageCheck]:
+def check_images(paths: list[str], workers: int, root: str | None = None) -> dict[str, ImageCheck]:
     """Hash and verify images, in parallel worker processes when there are many."""
+    check = functools.partial(check_image, root=root)
     if workers > 1 and len(paths) >= 256:
         with ProcessPoolExecutor(workers) as pool:
-            results = list(tqdm(pool.map(check_image, paths, chunksize=64), total=len(paths),
+            results = list(tqdm(pool.map(check, paths, chunksize=64), total=len(paths),
                                 desc="verify images", unit="img"))
     else:
-        results = [check_image(p) for p in tqdm(paths, desc="verify images", unit="img")]
+        results = [check(p) for p in tqdm(paths, desc="verify images", unit="img")]
     return {result.path: result for result in results}
 
 
@@ -183,30 +251,30 @@ def prepare_dataset(root: str | Path, test_fraction: float, workers: int | None 
     skips = Skips()
     records = []  # (source, position, title, response, image path under root)
     items_seen = 0
-    json_files = find_json_files(root)
+    json_files = find_json_files(root, skips)
     for path in tqdm(json_files, desc="read json", unit="file"):
         source = path.relative_to(root).as_posix()
-        for position, item in read_json_objects(path, source, skips):
+        for position, item in read_json_objects(path, source, skips, root):
             items_seen += 1
             if not isinstance(item, dict):
                 skips.add("not_an_object", source, position, f"got {type(item).__name__}")
                 continue
-            title, response = _text_field(item, "title"), _text_field(item, "response")
+            (title, no_title), (response, no_response) = _text_field(item, "title"), _text_field(item, "response")
             image_path = item.get("image_path")
             if title is None:
-                skips.add("missing_title", source, position)
+                skips.add("missing_title", source, position, no_title)
             elif response is None:
-                skips.add("missing_response", source, position)
+                skips.add("missing_response", source, position, no_response)
             elif not isinstance(image_path, str) or not image_path.strip():
                 skips.add("missing_image_path", source, position)
+            elif (bad := _invalid_characters({"title": title, "response": response, "image_path": image_path})):
+                skips.add("invalid_characters", source, position, bad)
             elif (image := resolve_under_root(root, path.parent, image_path.strip())) is None:
                 skips.add("image_outside_root", source, position, image_path)
-            elif not image.is_file():
-                skips.add("image_missing", source, position, image_path)
             else:
                 records.append((source, position, title, response, image))
 
-    checked = check_images(sorted({str(r[4]) for r in records}), workers or min(4, os.cpu_count() or 1))
+    checked = check_images(sorted({str(r[4]) for r in records}), workers or min(4, os.cpu_count() or 1), str(root))
     rows, passages = [], {}
     for source, position, title, response, image in records:
         check = checked[str(image)]

@@ -4,6 +4,11 @@ Real scrapes mix Arabic yeh/kaf (ي ك) with Persian (ی ک), ZWNJ with spaces, 
 diacritics and tatweel. `normalize_text` cleans what the encoder reads (it keeps ZWNJ, which
 carries meaning in Persian words); `identity_key` goes further (ZWNJ≡space, Latin lower-cased)
 and decides when two passages or two titles are the same.
+
+Invisible characters (zero-width marks, bidi controls, BOM, soft hyphen, blank-looking fillers) and
+stray control characters are dropped, so a text made only of them, of spaces, ZWNJ, tatweel or
+diacritics is blank (`is_blank`): never a passage or a dish. `invalid_character` finds what no valid
+text holds (NUL and other non-whitespace control characters, lone surrogates), for `prepare` to skip.
 """
 
 import hashlib
@@ -19,27 +24,50 @@ _LETTERS = {
     "\u0629": "\u0647",  # ة -> ه
     **{chr(0x0660 + i): chr(0x06F0 + i) for i in range(10)},
 }
-_TRANSLATE = str.maketrans(_LETTERS)
+_ARABIC = re.compile(f"[{''.join(_LETTERS)}]")  # a regex, not str.translate: ~10x faster on long texts
 # Harakat, tanwin, shadda, sukun, superscript alef, and tatweel (kashida): dropped.
 _DROP = re.compile("[\u064b-\u065f\u0670\u0640]")
-# Zero-width joiners/marks and BOM that scrapes leave behind (ZWNJ itself is handled apart).
-_INVISIBLE = re.compile("[\u200b\u200d\u200e\u200f\ufeff\u00ad]")
+# Invisible characters scrapes leave behind (ZWNJ itself is handled apart): Unicode's format characters
+# (zero-width space/joiner, LRM/RLM, bidi embeddings and isolates, word joiner, BOM, soft hyphen, tags),
+# the combining grapheme joiner, blank-looking fillers (Hangul fillers, braille blank), and control
+# characters that are not whitespace (NUL, ESC, DEL, C1); lone surrogates too.
+_CONTROL = "\x00-\x08\x0e-\x1b\x7f-\x84\x86-\x9f\ud800-\udfff"
+_INVISIBLE = re.compile(
+    f"[{_CONTROL}\u00ad\u034f\u061c\u115f\u1160\u180e\u200b\u200d-\u200f\u202a-\u202e\u2060-\u2064"
+    "\u2066-\u206f\u2800\u3164\ufeff\uffa0\ufff9-\ufffb\U000e0001\U000e0020-\U000e007f]")
+_INVALID = re.compile(f"[{_CONTROL}]")
+_DROPPED = re.compile(f"{_DROP.pattern}|{_INVISIBLE.pattern}")
 _ZWNJ_RUN = re.compile(f"\\s*{ZWNJ}[\\s{ZWNJ}]*")
-_SPACES = re.compile(r"\s+")
+_SPACES_TO_FIX = re.compile(r"\s{2,}|[^\S ]")  # what collapsing changes: runs, and tabs/newlines/NBSP...
 
 
 def normalize_text(text: str) -> str:
     """Clean a Persian text for the encoder: NFC, Persian letters, no diacritics, tidy ZWNJ and spaces."""
-    text = unicodedata.normalize("NFC", text).translate(_TRANSLATE)
+    text = _ARABIC.sub(lambda m: _LETTERS[m.group()], unicodedata.normalize("NFC", text))
     text = _INVISIBLE.sub("", _DROP.sub("", text))
-    text = _ZWNJ_RUN.sub(ZWNJ, text)  # a ZWNJ next to spaces, or repeated, is one ZWNJ
-    text = _SPACES.sub(" ", text).strip()
+    if ZWNJ in text:
+        text = _ZWNJ_RUN.sub(ZWNJ, text)  # a ZWNJ next to spaces, or repeated, is one ZWNJ
+    text = _SPACES_TO_FIX.sub(" ", text).strip()
     return text.strip(ZWNJ).strip()
 
 
 def identity_key(text: str) -> str:
     """The form two texts must share to be the same passage or dish (ZWNJ≡space, Latin lower-cased)."""
-    return _SPACES.sub(" ", normalize_text(text).replace(ZWNJ, " ")).strip().lower()
+    return _SPACES_TO_FIX.sub(" ", normalize_text(text).replace(ZWNJ, " ")).strip().lower()
+
+
+def is_blank(text: str) -> bool:
+    """True when nothing readable is left after normalisation: no letter, digit, symbol or punctuation
+    (only spaces, ZWNJ, tatweel, diacritics, invisible or control characters)."""
+    # Scans the text as written and stops at the first readable character: no normalising pass.
+    return not any(unicodedata.category(c)[0] in "LNPS" and not _DROPPED.match(c) for c in text)
+
+
+def invalid_character(text: str) -> str | None:
+    """Where `text` holds a character no valid text has (NUL, another non-whitespace control character,
+    a lone surrogate), as 'U+0000 at character 12'; None when it holds none."""
+    match = _INVALID.search(text)
+    return None if match is None else f"U+{ord(match.group()):04X} at character {match.start() + 1}"
 
 
 def food_id_for(title: str) -> str:

@@ -9,7 +9,7 @@ import argparse
 import logging
 
 from faclip.errors import run_main
-from faclip.files import atomic_path, write_json
+from faclip.files import atomic_paths, json_text
 from faclip.params import load_params
 from faclip.prepare import prepare_dataset
 
@@ -30,14 +30,12 @@ def main(argv=None):
     # 2. scan, validate, normalise, dedupe, split
     prepared = prepare_dataset(params.root, test_fraction=params.test_fraction)
 
-    # 3. write outputs atomically
-    with atomic_path(args.docstore) as tmp:
-        prepared.docstore.to_parquet(tmp, index=False)
-    with atomic_path(args.pairs) as tmp:
-        prepared.pairs.to_csv(tmp, index=False, lineterminator="\n")
-    with atomic_path(args.skips) as tmp:
-        prepared.skips.to_frame().to_csv(tmp, index=False, lineterminator="\n")
-    write_json(args.metrics, prepared.stats)
+    # 3. write the four outputs as one set: all replaced, or (a full disk, say) none
+    with atomic_paths(args.docstore, args.pairs, args.skips, args.metrics) as (docstore, pairs, skips, metrics):
+        prepared.docstore.to_parquet(docstore, index=False)
+        prepared.pairs.to_csv(pairs, index=False, lineterminator="\n")
+        prepared.skips.to_frame().to_csv(skips, index=False, lineterminator="\n")
+        metrics.write_text(json_text(prepared.stats), encoding="utf-8")
     stats = prepared.stats
     logger.info("%d pairs, %d passages, %d dishes, %d/%d train/test images; %d records skipped %s",
                 stats["pairs"], stats["passages"], stats["dishes"], stats["train_images"],

@@ -49,6 +49,8 @@ def main(argv=None):
                        logit_scale=result.logit_scale, base_text_sha256=result.base_text_sha256,
                        vision_sha256=result.vision_sha256)
         write_json(args.metrics, result.metrics)
+        # dvc.yaml declares the folder; `epochs: 0` (a baseline) trains nothing and saves no checkpoint.
+        args.checkpoints.mkdir(parents=True, exist_ok=True)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
 """prepare: JSON forms, every bad-input case (skipped, counted, never in the outputs), determinism, split."""
 
+import contextlib
+import errno
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -28,8 +31,43 @@ def write(path, text, encoding="utf-8"):
     path.write_bytes(text.encode(encoding) if isinstance(text, str) else text)
 
 
+@contextlib.contextmanager
+def deadline(seconds: int):
+    """Fail, rather than hang the test run, when the body blocks (say, opening a FIFO)."""
+    def hung(*_):
+        raise TimeoutError(f"still running after {seconds} s: it hangs")
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def prepare(root):
-    return prepare_dataset(root, test_fraction=0.2, workers=1)
+    with deadline(60):
+        return prepare_dataset(root, test_fraction=0.2, workers=1)
+
+
+def record(**fields):
+    return json.dumps([{**GOOD, **fields}], ensure_ascii=False)
+
+
+# Only spaces, ZWNJ, tatweel, diacritics, zero-width and bidi marks, a braille blank: nothing to read.
+BLANK = " \u200c\u0640\u064e\u200b\u202b\u2066\u2800\ufeff "
+
+
+def symlink(target, link):
+    link.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(target, link)
+
+
+def outside_json(d):
+    outside = d.parent.parent / "outside.json"
+    outside.write_text(record(response="فسنجان از بیرون data.root آمده است.", image_path="x.jpg"), encoding="utf-8")
+    add_image(d)
+    symlink(outside, d / "r.json")
 
 
 def test_all_three_json_forms_and_bom(raw_root):
@@ -80,14 +118,44 @@ BAD_CASES = {
         ensure_ascii=False)),
     "image_corrupt": lambda d: (write(d / "bad.jpg", b"\xff\xd8\xff\xe0 this is not a jpeg"),
                                 write(d / "r.json", json.dumps([{**GOOD, "image_path": "bad.jpg"}], ensure_ascii=False))),
+    # Text that is blank once normalised is missing, never a passage or a dish (food_id '').
+    "missing_title/zwnj": lambda d: write(d / "r.json", record(title="\u200c\u200c", image_path=add_image(d))),
+    "missing_title/invisible": lambda d: write(d / "r.json", record(title=BLANK, image_path=add_image(d))),
+    "missing_response/invisible": lambda d: write(d / "r.json", record(response=BLANK, image_path=add_image(d))),
+    "missing_response/diacritics": lambda d: write(d / "r.json", record(response="\u064e\u0650 \u0640",
+                                                                        image_path=add_image(d))),
+    "invalid_characters/nul_title": lambda d: write(d / "r.json", record(title="فسن\u0000جان", image_path=add_image(d))),
+    "invalid_characters/nul_response": lambda d: write(d / "r.json", record(response=GOOD["response"] + "\u0000",
+                                                                            image_path=add_image(d))),
+    "invalid_characters/escape_in_path": lambda d: write(d / "r.json", record(image_path="x\u001b.jpg")),
+    "invalid_characters/lone_surrogate": lambda d: write(d / "r.json", json.dumps(
+        [{**GOOD, "response": "فسنجان \ud800", "image_path": add_image(d)}])),
+    # One bad file is a skip: never a crash, a hang, or a read of something that never ends.
+    "json_too_deep": lambda d: write(d / "r.json", "[" * 100_000),
+    "json_too_deep/line": lambda d: write(d / "r.jsonl", json.dumps(
+        {"title": DISHES[0][0], "response": DISHES[0][1][0], "image_path": "../dish_00/images/00.jpg"},
+        ensure_ascii=False) + "\n" + "[" * 100_000 + "\n"),
+    "malformed_json_file/huge_integer": lambda d: write(d / "r.json", '{"title": ' + "1" * 5000 + "}"),
+    "json_unreadable/symlink_loop": lambda d: symlink("r.json", d / "r.json"),
+    "json_not_a_file/fifo": lambda d: (d.mkdir(parents=True), os.mkfifo(d / "r.json")),
+    "json_missing/dangling_symlink": lambda d: symlink("gone.json", d / "r.json"),
+    "json_outside_root": outside_json,
+    "image_unreadable/symlink_loop": lambda d: (symlink("loop.jpg", d / "loop.jpg"),
+                                                write(d / "r.json", record(image_path="loop.jpg"))),
+    "image_not_a_file/fifo": lambda d: (d.mkdir(parents=True), os.mkfifo(d / "x.jpg"),
+                                        write(d / "r.json", record(image_path="x.jpg"))),
+    "image_not_a_file/folder": lambda d: ((d / "x.jpg").mkdir(parents=True), write(d / "r.json", record(image_path="x.jpg"))),
+    "image_extreme_aspect": lambda d: (d.mkdir(parents=True), Image.new("RGB", (30000, 1), (200, 40, 40)).save(d / "x.png"),
+                                       write(d / "r.json", record(image_path="x.png"))),
 }
 
 
-@pytest.mark.parametrize("reason", sorted(BAD_CASES))
-def test_bad_input_is_skipped_counted_and_kept_out(raw_root, reason):
+@pytest.mark.parametrize("case", sorted(BAD_CASES))
+def test_bad_input_is_skipped_counted_and_kept_out(raw_root, case):
+    reason = case.split("/")[0]
     (raw_root.parent / "outside.jpg").write_bytes((raw_root / "dish_00/images/00.jpg").read_bytes())
     clean = prepare(raw_root)
-    BAD_CASES[reason](raw_root / "bad")
+    BAD_CASES[case](raw_root / "bad")
     out = prepare(raw_root)
     assert out.stats["skipped"].get(reason, 0) >= 1, out.stats["skipped"]
     assert set(out.stats["skipped"]) == {reason}
@@ -96,6 +164,57 @@ def test_bad_input_is_skipped_counted_and_kept_out(raw_root, reason):
     assert not out.pairs.image_path.str.startswith("bad/").any()
     assert passage_id_for(GOOD["response"]) not in set(out.docstore.id)
     pd.testing.assert_frame_equal(out.pairs, clean.pairs)
+    pd.testing.assert_frame_equal(out.docstore, clean.docstore)
+
+
+def test_several_blank_records_are_each_skipped_not_merged_as_duplicates(raw_root):
+    d = raw_root / "bad"
+    name = add_image(d)
+    blanks = [" ", "\u200c", "\u0640\u0640", "\u200b\u200f", "\u064e"]
+    write(d / "r.json", json.dumps([{**GOOD, "response": b, "image_path": name} for b in blanks], ensure_ascii=False))
+    out = prepare(raw_root)
+    assert out.stats["skipped"] == {"missing_response": len(blanks)}
+    assert out.stats["duplicate_pairs"] == 0
+    assert passage_id_for("") not in set(out.docstore.id) and "" not in set(out.docstore.food_id)
+
+
+def test_files_over_the_size_limits_are_skipped_unread(raw_root, monkeypatch):
+    import faclip.prepare
+
+    big = raw_root / "big"
+    big.mkdir()
+    Image.effect_noise((256, 256), 64).save(big / "noise.png")  # ~60 KB; the other images are ~2 KB
+    write(big / "r.json", record(image_path="noise.png") + " " * 4096)
+    monkeypatch.setattr(faclip.prepare, "MAX_JSON_BYTES", 4096)
+    assert prepare(raw_root).stats["skipped"] == {"json_too_large": 1}
+    monkeypatch.setattr(faclip.prepare, "MAX_JSON_BYTES", 1 << 20)
+    monkeypatch.setattr(faclip.prepare, "MAX_IMAGE_BYTES", 20_000)
+    out = prepare(raw_root)
+    assert out.stats["skipped"] == {"image_too_large": 1}
+    assert out.skips.to_frame()["detail"].item().startswith("big/noise.png: ")
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="needs POSIX permissions, which root ignores")
+def test_unreadable_folder_is_a_skip(raw_root):
+    locked = raw_root / "locked"
+    locked.mkdir()
+    locked.chmod(0)
+    try:
+        out = prepare(raw_root)
+    finally:
+        locked.chmod(0o755)
+    assert out.stats["skipped"] == {"folder_unreadable": 1}
+    assert out.skips.to_frame()["source"].tolist() == ["locked"]
+
+
+def test_a_json_symlink_to_dev_zero_is_refused_unread(raw_root, tmp_path):
+    symlink("/dev/zero", raw_root / "bad" / "zero.json")
+    limit = "import resource; resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30)); "
+    script = limit + ("from faclip.prepare import prepare_dataset; import json, sys; "
+                      "print(json.dumps(prepare_dataset(sys.argv[1], 0.2, workers=1).stats['skipped']))")
+    result = subprocess.run([sys.executable, "-c", script, str(raw_root)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.splitlines()[-1]) == {"json_outside_root": 1}
 
 
 def test_truncated_image_skipped(raw_root):
@@ -186,16 +305,50 @@ def run_stage(root, out, cwd):
 
 
 def test_stage_outputs_byte_identical_across_runs(raw_root, tmp_path):
+    # A skip's detail never holds what differs from run to run (PIL names a BytesIO by its address).
+    write(raw_root / "bad/not_an_image.jpg", b"neither JPEG nor PNG, just text")
+    write(raw_root / "bad/r.json", record(image_path="not_an_image.jpg"))
     runs = []
     for name in ("a", "b"):
         result = run_stage(raw_root, tmp_path / name, tmp_path)
         assert result.returncode == 0, result.stderr
-        runs.append({f: (tmp_path / name / f).read_bytes() for f in ("docstore.parquet", "pairs.csv", "m.json")})
+        runs.append({f: (tmp_path / name / f).read_bytes()
+                     for f in ("docstore.parquet", "pairs.csv", "skips.csv", "m.json")})
     assert runs[0] == runs[1]
+    assert b"image_corrupt" in runs[0]["skips.csv"] and b"0x" not in runs[0]["skips.csv"]
     docstore = pd.read_parquet(tmp_path / "a/docstore.parquet")
     assert list(docstore.columns) == ["id", "food_id", "title", "passage_text"]
     assert list(pd.read_csv(tmp_path / "a/pairs.csv").columns) == [
         "image_path", "image_sha256", "passage_id", "food_id", "split"]
+
+
+def test_stage_on_a_full_disk_is_one_line_and_keeps_the_previous_outputs(raw_root, tmp_path, monkeypatch, capsys):
+    import importlib.util
+
+    from faclip.errors import run_main
+
+    out = tmp_path / "out"
+    assert run_stage(raw_root, out, tmp_path).returncode == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    add_image(raw_root / "new")
+    write(raw_root / "new/r.json", record(image_path="x.jpg"))  # this run's outputs would differ
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full)  # the pairs: after the docstore was written
+    spec = importlib.util.spec_from_file_location("stage_prepare", REPO / "stages/prepare.py")
+    stage = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(stage)
+    monkeypatch.chdir(tmp_path)
+    args = ["--docstore", str(out / "docstore.parquet"), "--pairs", str(out / "pairs.csv"),
+            "--skips", str(out / "skips.csv"), "--metrics", str(out / "m.json")]
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda: stage.main(args))
+    assert exit_info.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("faclip error")]
+    assert len(err) == 1 and err[0].startswith("faclip error: no space left"), err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # no new docstore beside old pairs, no temps
 
 
 def test_stage_error_is_one_line_exit_2(tmp_path):

@@ -1,0 +1,69 @@
+"""check_params: validate every key of params.yaml, and that DVC can hash data.root, before any stage runs.
+
+DVC deletes a stage's outputs before it runs the stage, so a bad value found inside a stage has already
+cost that stage's last good outputs. This stage depends on the whole of params.yaml, so it runs first
+whenever any key changes, and every other stage depends on its output: a bad value or an unknown key
+(a typo such as `epoch: 5`) stops `dvc repro` here, in one line, before any output is deleted. The
+output's content never changes while params are valid, so a good edit still reruns only the stages
+that read the edited key.
+
+Output: --out, a one-line file whose content is constant.
+"""
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from faclip.errors import FaclipError, run_main
+from faclip.files import unhashable_entries, write_text
+from faclip.params import load_params
+
+logger = logging.getLogger("stages.check_params")
+
+PASSED = "check_params passed: every key in params.yaml is known and valid, and DVC can hash data.root\n"
+SHOWN = 3
+
+
+def _not_ignored_by_dvc(entries: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The entries `.dvcignore` does not hide from DVC (it applies only inside the repository)."""
+    try:
+        from dvc.repo import Repo
+
+        with Repo(os.getcwd()) as repo:
+            return [(path, what) for path, what in entries
+                    if not repo.dvcignore.is_ignored(repo.fs, os.path.abspath(path))]
+    except Exception:  # not in a DVC repo, or dvc missing (run by hand): nothing is ignored
+        return entries
+
+
+def check_data_root(root: Path) -> None:
+    """data.root is a folder with nothing in it that DVC's hashing hangs or fails on (a FIFO, a device,
+    a dangling or looping symlink...): DVC hashes the folder before `prepare` runs, where faclip could
+    not stop it."""
+    if not root.is_dir():
+        raise FaclipError(f"data.root={str(root)!r} does not exist or is not a folder; set data.root in "
+                          f"params.yaml to your folder of JSON files and images, e.g. data/sample")
+    bad = unhashable_entries(root)
+    if bad:
+        bad = _not_ignored_by_dvc(bad)
+    if bad:
+        shown = "; ".join(f"{path} ({what})" for path, what in bad[:SHOWN]) + (f"; and {len(bad) - SHOWN} more" if len(bad) > SHOWN else "")
+        raise FaclipError(f"data.root holds {len(bad)} entr{'y' if len(bad) == 1 else 'ies'} that DVC cannot hash "
+                          f"(it would hang or fail on them): {shown}; remove them, or (inside the repository) "
+                          f"list them in .dvcignore")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args(argv)
+
+    params = load_params()  # every key: unknown ones and bad values are one-line errors
+    check_data_root(Path(params.data.root))
+    write_text(args.out, PASSED)
+    logger.info("params.yaml is valid and data.root can be hashed")
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,157 @@
+"""Issue 11 under DVC: a failed run never costs the last good result, `dvc status` stays truthful,
+`epochs: 0` works from a clean state, DVC's own `-S` forms mean what they say, and a hostile data
+folder (a FIFO DVC would hang on, broken records) gets one-line errors and named skips."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from repo_utils import copy_repo, dvc, git, tool_env
+from test_dvc_workflows import STAGES, ran_stages, tree_digest
+
+pytestmark = pytest.mark.e2e
+
+# What a failed run must leave exactly as it was (every stage's outputs, metrics included).
+KEPT = ["data/docstore.parquet", "data/training_pairs.csv", "data/prepare_skips.csv", "data/image_embeddings",
+        "models/base/text", "models/base/vision", "models/finetuned", "models/index", "metrics"]
+
+
+def edit_params(repo: Path, key: str, line: str) -> None:
+    """Replace the line `key: ...` of params.yaml (indent included in `key`) by `line`, as a user edits it
+    (comments elsewhere kept, whatever the defaults are)."""
+    path = repo / "params.yaml"
+    text, count = re.subn(rf"(?m)^{key}:.*$", line, path.read_text(encoding="utf-8"), count=1)
+    assert count == 1, key
+    path.write_text(text, encoding="utf-8")
+
+
+def kept(repo: Path) -> dict[str, str]:
+    return {out: tree_digest(repo / out) for out in KEPT}
+
+
+def status(repo: Path) -> dict:
+    return json.loads(dvc(repo, "status", "--json").stdout or "{}")
+
+
+def faclip_errors(result: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("faclip error")]
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory) -> Path:
+    """A fresh clone with `epochs: 0` (the documented baseline), reproduced from a clean state and committed."""
+    repo = copy_repo(tmp_path_factory.mktemp("baseline") / "repo")
+    edit_params(repo, "epochs", "epochs: 0")
+    result = dvc(repo, "repro")
+    assert ran_stages(result.stdout) == set(STAGES), result.stdout
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "baseline")
+    return repo
+
+
+@pytest.fixture
+def repo(baseline, tmp_path) -> Path:
+    dest = tmp_path / "repo"
+    shutil.copytree(baseline, dest, symlinks=True)
+    return dest
+
+
+def test_epochs_zero_runs_from_a_clean_state_and_writes_every_declared_output(repo):
+    assert (repo / "models/checkpoints").is_dir()  # declared in dvc.yaml; train saves no checkpoint at epochs 0
+    train = json.loads((repo / "metrics/train.json").read_text(encoding="utf-8"))
+    assert train["epochs"] == 0 and train["steps"] == 0
+    assert status(repo) == {}
+
+
+@pytest.mark.parametrize("key, line, named", [
+    ("epochs", "epochs: -1", "epochs=-1 is invalid"),
+    ("learning_rate", "learning_rate: fast", "learning_rate='fast' is invalid"),
+    ("epochs", "epochs: 0\nepoch: 5", "unknown key 'epoch' (did you mean 'epochs'?)"),
+    ("  test_fraction", "  test_fractoin: 0.2", "unknown key 'data.test_fractoin' (did you mean 'data.test_fraction'?)"),
+    # dvc.yaml interpolates ${data.root}: without it DVC itself stops, before running anything.
+    ("  root", "  rooot: data/sample", "ERROR: failed to parse 'stages.prepare.deps' in 'dvc.yaml': "
+                                       "Could not find 'data.root'"),
+], ids=["epochs=-1", "learning_rate=fast", "typo epoch", "typo data.test_fraction", "typo data.rooot"])
+def test_bad_params_fail_in_one_line_before_any_output_is_deleted(repo, key, line, named):
+    before = kept(repo)
+    edit_params(repo, key, line)
+    result = dvc(repo, "repro", check=False)
+    assert result.returncode != 0
+    if named.startswith("ERROR"):
+        assert named in result.stderr and ran_stages(result.stdout) == set(), result.stdout + result.stderr
+        assert kept(repo) == before
+        return
+    errors = faclip_errors(result)
+    assert len(errors) == 1 and named in errors[0], result.stdout + result.stderr
+    assert ran_stages(result.stdout) == {"check_params"}, result.stdout
+    assert kept(repo) == before  # models/finetuned, the index and every metric are still the last good ones
+    # `dvc status` tells the truth: the gate did not pass, so every stage is out of date.
+    changed = status(repo)
+    assert "check_params" in changed and set(changed) == set(STAGES), changed
+    # Fixing params.yaml reruns the gate alone; its output is byte-identical, so nothing else reruns.
+    git(repo, "checkout", "params.yaml")
+    result = dvc(repo, "repro")
+    assert ran_stages(result.stdout) == {"check_params"}, result.stdout
+    assert status(repo) == {} and git(repo, "status", "--porcelain").stdout == ""
+    assert kept(repo) == before
+
+
+def test_a_good_edit_reruns_only_the_stages_that_read_the_key(repo):
+    before = kept(repo)
+    edit_params(repo, "  k", "  k: [1, 3]")
+    result = dvc(repo, "repro")
+    assert ran_stages(result.stdout) == {"check_params", "evaluate"}, result.stdout
+    after = kept(repo)
+    assert {k for k in before if before[k] != after[k]} == {"metrics"}
+
+
+def test_the_readmes_set_param_forms_run_as_written(repo):
+    # DVC writes `learning_rate: 3e-05`, which YAML 1.2 reads as a number: every stage must too.
+    result = dvc(repo, "exp", "run", "-S", "learning_rate=0.00003", "-S", "epochs=1", "-n", "real-model-lr")
+    assert ran_stages(result.stdout) == {"check_params", "train", "index", "evaluate"}, result.stdout
+    assert "3e-05" in (repo / "params.yaml").read_text(encoding="utf-8")
+    train = json.loads((repo / "metrics/train.json").read_text(encoding="utf-8"))
+    assert train["epochs"] == 1 and train["steps"] > 0
+    shown = json.dumps(json.loads(dvc(repo, "exp", "show", "--json").stdout))
+    assert "real-model-lr" in shown
+    # A -S typo is refused by DVC itself (its params are struct): nothing runs.
+    typo = dvc(repo, "exp", "run", "-S", "epoch=5", check=False)
+    assert typo.returncode != 0 and "epoch" in typo.stderr and ran_stages(typo.stdout) == set()
+
+
+def test_a_hostile_data_folder_gets_one_line_errors_and_named_skips(repo):
+    hostile = repo / "data/hostile"
+    shutil.copytree(repo / "data/sample", hostile)
+    dish = next(p.parent for p in sorted(hostile.rglob("*.json")))
+    image = next(p for p in sorted(dish.rglob("*.jpg"))).relative_to(dish).as_posix()
+    os.mkfifo(dish / "stream.json")  # DVC's own hashing of data.root would wait on it forever
+    records = [{"title": "\u200c", "response": "متن", "image_path": image},
+               {"title": "کباب", "response": " \u200c\u0640\u200b ", "image_path": image},
+               {"title": "کب\u0000اب", "response": "متن", "image_path": image}]
+    (dish / "hostile.json").write_text(json.dumps(records, ensure_ascii=False), encoding="utf-8")
+    (dish / "deep.json").write_text("[" * 100_000, encoding="utf-8")
+    before = kept(repo)
+    edit_params(repo, "  root", "  root: data/hostile")
+
+    # check_params names the FIFO before DVC hashes data.root (which would hang), outputs untouched.
+    result = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=repo, env=dict(tool_env(), PYTHONPATH=str(repo)),
+                            capture_output=True, text=True, timeout=300)
+    errors = faclip_errors(result)
+    assert result.returncode != 0 and len(errors) == 1, result.stdout + result.stderr
+    assert "stream.json (a FIFO (named pipe))" in errors[0] and ".dvcignore" in errors[0]
+    assert kept(repo) == before
+
+    # Hidden from DVC by .dvcignore, the FIFO is a named skip in prepare, like every bad record.
+    (repo / ".dvcignore").write_text("stream.json\n", encoding="utf-8")
+    result = dvc(repo, "repro")
+    assert {"check_params", "prepare"} <= ran_stages(result.stdout), result.stdout
+    stats = json.loads((repo / "metrics/prepare.json").read_text(encoding="utf-8"))
+    assert stats["skipped"] == {"invalid_characters": 1, "json_not_a_file": 1, "json_too_deep": 1,
+                                "missing_response": 1, "missing_title": 1}, stats["skipped"]
+    assert status(repo) == {}
