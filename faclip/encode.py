@@ -100,7 +100,7 @@ def load_rgb(source: ImageSource, min_side: int | None = None) -> Image.Image:
 
     With `min_side`, a JPEG is decoded at the smallest DCT scale whose both sides stay >= min_side.
     Too many pixels or too elongated (`image_size_problem`, from the header) is refused undecoded."""
-    name = "image bytes" if isinstance(source, bytes) else str(source)
+    name = "the uploaded bytes" if isinstance(source, bytes) else str(source)
     try:
         if isinstance(source, Image.Image):
             image = source
@@ -115,7 +115,9 @@ def load_rgb(source: ImageSource, min_side: int | None = None) -> Image.Image:
             if min_side and image.format == "JPEG":
                 image.draft(image.mode, (min_side, min_side))
             image.load()
-    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as err:
+    except UnidentifiedImageError:  # its message names a Python object, not the problem
+        raise FaclipError(f"cannot read image {name}: not a format Pillow knows; give a JPEG/PNG/WebP file") from None
+    except (OSError, Image.DecompressionBombError) as err:
         raise FaclipError(f"cannot read image {name} ({err}); give a JPEG/PNG/WebP file") from None
     image = ImageOps.exif_transpose(image)
     if image.mode.startswith("I;16"):

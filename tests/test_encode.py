@@ -151,3 +151,12 @@ def test_unreadable_image_is_one_line_error(vision_model, tmp_path, num_workers)
     with pytest.raises(FaclipError, match="cannot read image .*bad.jpg") as err:
         encode_images(*vision_model, [draw_dish_image(0, 0), bad], num_workers=num_workers)
     assert "\n" not in str(err.value)
+
+
+def test_bytes_that_are_no_image_name_the_problem_not_a_python_object():
+    from faclip.encode import load_rgb
+
+    with pytest.raises(FaclipError) as err:
+        load_rgb(b"not an image")
+    message = str(err.value)
+    assert message.startswith("cannot read image the uploaded bytes: not a format") and " at 0x" not in message
