@@ -54,3 +54,10 @@ def copy_repo(dest: Path) -> Path:
     git(dest, "add", "-A")
     git(dest, "commit", "-qm", "copy")
     return dest
+
+
+def private_copy(repo: Path, tmp_path: Path) -> Path:
+    """A copy of a built repo (git history, DVC cache and outputs) that one test may change freely."""
+    dest = tmp_path / "repo"
+    shutil.copytree(repo, dest, symlinks=True)
+    return dest

@@ -4,7 +4,6 @@ metrics diff, push/pull (local folder and S3 via moto), and content-hash checks 
 import hashlib
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -15,7 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from repo_utils import REPO, copy_repo, dvc, git, run, tool_env
+from repo_utils import REPO, copy_repo, dvc, git, private_copy, run, tool_env
 
 pytestmark = pytest.mark.e2e
 
@@ -93,10 +92,8 @@ def test_fresh_clone_repro_reproduces_every_committed_output_bit_for_bit(fresh_r
 
 @pytest.fixture
 def repo(built_repo, tmp_path) -> Path:
-    """A private copy of the built repo (git history, DVC cache and outputs) to change freely."""
-    dest = tmp_path / "repo"
-    shutil.copytree(built_repo, dest, symlinks=True)
-    return dest
+    """A private copy of the built repo to change freely."""
+    return private_copy(built_repo, tmp_path)
 
 
 def test_repro_writes_everything_and_status_is_clean(repo):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from repo_utils import copy_repo, dvc, git, tool_env
+from repo_utils import copy_repo, dvc, git, private_copy, tool_env
 from test_dvc_workflows import STAGES, ran_stages, tree_digest
 
 pytestmark = pytest.mark.e2e
@@ -59,9 +59,7 @@ def baseline(tmp_path_factory) -> Path:
 
 @pytest.fixture
 def repo(baseline, tmp_path) -> Path:
-    dest = tmp_path / "repo"
-    shutil.copytree(baseline, dest, symlinks=True)
-    return dest
+    return private_copy(baseline, tmp_path)
 
 
 def test_epochs_zero_runs_from_a_clean_state_and_writes_every_declared_output(repo):
