@@ -5,30 +5,26 @@
 """
 
 import contextlib
-import io
 import logging
-from pathlib import Path
-from typing import Sequence, Union
+from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from faclip.errors import FaclipError
-from faclip.files import image_size_problem
+from faclip.images import ImageSource, load_rgb  # noqa: F401 (load_rgb: the one decoder, used from here too)
 from faclip.text import normalize_text
 
 logger = logging.getLogger(__name__)
-
-ImageSource = Union[str, Path, bytes, Image.Image]
 
 # How encode_images decodes: JPEGs at a reduced DCT scale (Pillow's `draft`, 1/2 to 1/8) that keeps the
 # shorter side >= 2x the model's input, so the processor's own resize still does the last step. A 12 MP
 # photo then decodes several times faster (BENCHMARKS.md, "Photo-sized images"). Vectors differ from a full
 # decode's by a cosine > 0.99, so cached vectors are keyed by DECODE: another decode never mixes in.
+# "-v2": 32-bit and float greys are scaled by their range, transparency keys composited (faclip.images).
 JPEG_DRAFT = True
-DECODE = "jpeg-draft-2x" if JPEG_DRAFT else "full"
+DECODE = ("jpeg-draft-2x" if JPEG_DRAFT else "full") + "-v2"
 
 
 def pick_device() -> torch.device:
@@ -93,41 +89,6 @@ def decode_min_side(processor) -> int | None:
     sides = [value for size in sizes if size is not None
              for value in (dict(size).get(key) for key in ("shortest_edge", "height", "width")) if value]
     return 2 * max(sides) if sides else None
-
-
-def load_rgb(source: ImageSource, min_side: int | None = None) -> Image.Image:
-    """Open an image (path, bytes or PIL) as RGB, EXIF-rotated; RGBA/LA/P go onto white.
-
-    With `min_side`, a JPEG is decoded at the smallest DCT scale whose both sides stay >= min_side.
-    Too many pixels or too elongated (`image_size_problem`, from the header) is refused undecoded."""
-    name = "the uploaded bytes" if isinstance(source, bytes) else str(source)
-    try:
-        if isinstance(source, Image.Image):
-            image = source
-        else:
-            image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else source)
-        problem = image_size_problem(*image.size)  # from the header: nothing is decoded yet
-        if problem is not None:
-            if image is not source:
-                image.close()
-            raise FaclipError(f"cannot use image {name}: {problem[1]}; crop or shrink it")
-        if image is not source:
-            if min_side and image.format == "JPEG":
-                image.draft(image.mode, (min_side, min_side))
-            image.load()
-    except UnidentifiedImageError:  # its message names a Python object, not the problem
-        raise FaclipError(f"cannot read image {name}: not a format Pillow knows; give a JPEG/PNG/WebP file") from None
-    except (OSError, Image.DecompressionBombError) as err:
-        raise FaclipError(f"cannot read image {name} ({err}); give a JPEG/PNG/WebP file") from None
-    image = ImageOps.exif_transpose(image)
-    if image.mode.startswith("I;16"):
-        # PIL clips 16-bit grey to 0..255 when converting (a mostly white picture): rescale instead.
-        image = Image.fromarray((np.asarray(image, dtype=np.float32) / 257.0).round().astype(np.uint8), "L")
-    if image.mode in ("RGBA", "LA", "P", "PA"):
-        image = image.convert("RGBA")
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        image = Image.alpha_composite(background, image)
-    return image.convert("RGB")
 
 
 @torch.no_grad()

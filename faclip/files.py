@@ -90,11 +90,12 @@ def _file_type(mode: int) -> str:
     return next((name for test, name in _FILE_TYPES if test(mode)), "not a regular file")
 
 
-def read_regular_file(path: str | Path, root: str | Path, max_bytes: int) -> bytes:
-    """The bytes of `path`, which must be a regular file under `root` (symlinks followed) of at most
-    `max_bytes`; else RefusedFile. Never blocks on a FIFO, never reads a device, never follows a
-    symlink out of the root or round a loop, never reads more than `max_bytes` + 1 bytes."""
-    if not _is_under(os.path.realpath(path), os.path.realpath(root)):
+def read_regular_file(path: str | Path, root: str | Path | None, max_bytes: int) -> bytes:
+    """The bytes of `path`, which must be a regular file under `root` (symlinks followed; any place when
+    `root` is None, as for a query photo) of at most `max_bytes`; else RefusedFile. Never blocks on a
+    FIFO, never reads a device, never follows a symlink out of the root or round a loop, never reads
+    more than `max_bytes` + 1 bytes."""
+    if root is not None and not _is_under(os.path.realpath(path), os.path.realpath(root)):
         raise RefusedFile("outside_root", "a symlink leads outside data.root")
     try:
         info = os.stat(path)  # the file's type, before opening it (opening a FIFO can block)

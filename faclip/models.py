@@ -102,11 +102,28 @@ def build_tiny_vision() -> tuple[CLIPVisionModel, CLIPImageProcessorPil]:
 
 # --- hub ids and local folders: one code path, only the download differs --------------------
 
+# No model folder runs code: every from_pretrained gets trust_remote_code=False, so a folder whose
+# config.json or tokenizer_config.json names its own Python classes (`auto_map`) is refused at once;
+# transformers would otherwise ask on stdin whether to run them, and a `y` there would.
+NO_REMOTE_CODE = {"trust_remote_code": False}
+
+
+def _asks_to_run_code(err: Exception) -> bool:
+    return isinstance(err, ValueError) and "trust_remote_code" in str(err)
+
+
+def _runs_code_reason(where) -> str:
+    return (f"{where} holds custom Python code (an `auto_map` in its config) that transformers would have to "
+            f"run, and faclip never runs a model folder's code")
+
 
 def _from_pretrained(load: Callable, source: str, key: str):
     try:
         return load(source)
     except (OSError, ValueError) as err:
+        if _asks_to_run_code(err):
+            raise FaclipError(f"{key}={source!r}: {_runs_code_reason('it')}; use a model of a standard "
+                              f"transformers class, saved with save_pretrained, or 'tiny'") from None
         if Path(source).is_dir():
             where = "the local folder"
         elif source.startswith((".", "/", "~")):
@@ -123,8 +140,9 @@ def load_text_source(source: str, corpus_fn: Callable[[], list[str]]):
     if source == TINY:
         return build_tiny_text(corpus_fn())
     # fp32 weights: training keeps fp32 masters whatever dtype the checkpoint was saved in.
-    model = _from_pretrained(lambda s: AutoModel.from_pretrained(s, dtype=torch.float32), source, "model.text")
-    tokenizer = _from_pretrained(AutoTokenizer.from_pretrained, source, "model.text")
+    model = _from_pretrained(lambda s: AutoModel.from_pretrained(s, dtype=torch.float32, **NO_REMOTE_CODE), source,
+                             "model.text")
+    tokenizer = _from_pretrained(lambda s: AutoTokenizer.from_pretrained(s, **NO_REMOTE_CODE), source, "model.text")
     return model.eval(), tokenizer
 
 
@@ -132,9 +150,10 @@ def load_vision_source(source: str):
     """The vision encoder named by model.vision: (CLIPVisionModel, image processor)."""
     if source == TINY:
         return build_tiny_vision()
-    model = _from_pretrained(lambda s: CLIPVisionModel.from_pretrained(s, dtype=torch.float32), source,
-                             "model.vision")
-    processor = _from_pretrained(CLIPImageProcessorPil.from_pretrained, source, "model.vision")
+    model = _from_pretrained(lambda s: CLIPVisionModel.from_pretrained(s, dtype=torch.float32, **NO_REMOTE_CODE),
+                             source, "model.vision")
+    processor = _from_pretrained(lambda s: CLIPImageProcessorPil.from_pretrained(s, **NO_REMOTE_CODE), source,
+                                 "model.vision")
     return model.eval(), processor
 
 
@@ -188,19 +207,31 @@ def read_model_info(path: str | Path) -> dict:
     return json.loads(info.read_text(encoding="utf-8")) if info.is_file() else {}
 
 
+def load_folder(cls, path: str | Path, **kwargs):
+    """`cls.from_pretrained` on a local model folder, never running code from it: a folder that asks to
+    is one line naming it."""
+    try:
+        return cls.from_pretrained(path, local_files_only=True, **NO_REMOTE_CODE, **kwargs)
+    except ValueError as err:
+        if not _asks_to_run_code(err):
+            raise
+        raise FaclipError(f"cannot load the model folder {path}: {_runs_code_reason('it')}; point to a folder "
+                          f"that `dvc repro base` or `train` wrote") from None
+
+
 def load_text_model(path: str | Path, device: torch.device | str = "cpu"):
     """Load a saved text encoder folder: (model in eval mode on `device`, tokenizer)."""
     path = require_model_folder(path, "base")
-    model = AutoModel.from_pretrained(path, local_files_only=True).to(device).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = load_folder(AutoModel, path).to(device).eval()
+    tokenizer = load_folder(AutoTokenizer, path)
     return model, tokenizer
 
 
 def load_vision_model(path: str | Path, device: torch.device | str = "cpu"):
     """Load a saved vision encoder folder: (CLIPVisionModel in eval mode on `device`, image processor)."""
     path = require_model_folder(path, "base")
-    model = CLIPVisionModel.from_pretrained(path, local_files_only=True).to(device).eval()
-    processor = CLIPImageProcessorPil.from_pretrained(path, local_files_only=True)
+    model = load_folder(CLIPVisionModel, path).to(device).eval()
+    processor = load_folder(CLIPImageProcessorPil, path)
     return model, processor
 
 
@@ -230,7 +261,7 @@ def position_limit(config) -> int | None:
 
 def check_max_text_len(text_dir: str | Path, max_text_len: int) -> None:
     """max_text_len must fit the position table of the text model in `text_dir`."""
-    limit = position_limit(AutoConfig.from_pretrained(require_model_folder(text_dir), local_files_only=True))
+    limit = position_limit(load_folder(AutoConfig, require_model_folder(text_dir)))
     if limit is not None and max_text_len > limit:
         raise FaclipError(f"params.yaml: max_text_len={max_text_len} is too long for the text model in "
                           f"{text_dir}; use at most {limit}")
@@ -343,7 +374,7 @@ def save_finetuned(out_dir: str | Path, model, *, base_text_dir: str | Path, par
         model.save_pretrained(tmp, safe_serialization=True)
         # A fresh copy: tokenising stores truncation/padding state in tokenizer.json, which would make
         # the folder's bytes depend on the last call made.
-        AutoTokenizer.from_pretrained(base_text_dir, local_files_only=True).save_pretrained(tmp)
+        load_folder(AutoTokenizer, base_text_dir).save_pretrained(tmp)
         write_json(tmp / FACLIP_JSON, {"logit_scale": logit_scale, "base_text_source": base_source,
                                        "base_text_sha256": base_text_sha256, "vision_sha256": vision_sha256,
                                        "params": dataclasses.asdict(params)})

@@ -8,23 +8,20 @@ reaches the outputs, and nothing good is silently changed.
 
 import functools
 import hashlib
-import io
 import json
 import logging
 import os
-import re
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
 from faclip.errors import FaclipError
-from faclip.files import (MAX_IMAGE_BYTES, MAX_JSON_BYTES, RefusedFile, image_size_problem, read_regular_file,
-                          resolve_under_root)
+from faclip.files import MAX_IMAGE_BYTES, MAX_JSON_BYTES, RefusedFile, read_regular_file, resolve_under_root
+from faclip.images import ImageRefused, decode_image
 from faclip.tables import DOCSTORE_COLUMNS, PAIRS_COLUMNS
 from faclip.text import food_id_for, invalid_character, is_blank, passage_id_for
 
@@ -182,33 +179,18 @@ class ImageCheck:
     detail: str = ""
 
 
-# A PIL message may name an in-memory object (`<_io.BytesIO object at 0x7f...>`): never in the skip report.
-_ADDRESS = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>|\s+at 0x[0-9a-fA-F]+")
-
-
-def _error_detail(err: Exception) -> str:
-    return _ADDRESS.sub("", str(err)).strip() or type(err).__name__
-
-
 def check_image(path: str, root: str | None = None) -> ImageCheck:
-    """Read (a regular file under `root`, bounded size), hash and fully decode one image, refusing
-    bombs and extreme aspect ratios from the header. Never raises: a bad image is a reason."""
+    """Read (a regular file under `root`, bounded size), hash and decode one image with the decoder `embed`
+    and search use (`faclip.images`), in full, so an image that passes here never fails in `embed`.
+    Never raises: a bad image is a reason."""
     try:
         data = read_regular_file(path, os.path.dirname(path) if root is None else root, MAX_IMAGE_BYTES)
     except RefusedFile as refused:
         return ImageCheck(path, None, f"image_{refused.kind}", refused.detail)
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            problem = image_size_problem(*image.size)  # from the header; nothing decoded yet
-            if problem is not None:
-                return ImageCheck(path, None, f"image_{problem[0]}", problem[1])
-            image.load()  # full decode: catches truncated and corrupt files
-    except Image.DecompressionBombError as err:
-        return ImageCheck(path, None, "image_too_large", _error_detail(err))
-    except UnidentifiedImageError:
-        return ImageCheck(path, None, "image_corrupt", "not an image format PIL can read")
-    except Exception as err:  # a damaged file makes decoders raise all sorts; none may stop the run
-        return ImageCheck(path, None, "image_corrupt", _error_detail(err))
+        decode_image(data, path)
+    except ImageRefused as refused:
+        return ImageCheck(path, None, f"image_{refused.kind}", refused.detail)
     return ImageCheck(path, hashlib.sha256(data).hexdigest())
 
 

@@ -238,7 +238,9 @@ def test_decompression_bomb_refused_from_header(raw_root, monkeypatch):
     write(raw_root / "dish_00/bomb.json", json.dumps([{**GOOD, "image_path": "bomb.png"}], ensure_ascii=False))
     decoded = []
     real_load = ImageFile.ImageFile.load
-    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: decoded.append(self.size) or real_load(self))
+    # A load() with tiles left is a decode; the calls after it (convert, transpose) decode nothing.
+    monkeypatch.setattr(ImageFile.ImageFile, "load",
+                        lambda self: (self.tile and decoded.append(self.size)) or real_load(self))
     out = prepare(raw_root)
     assert out.stats["skipped"] == {"image_too_large": 1}
     assert (9000, 9000) not in decoded and len(decoded) == 16  # the 16 good images were decoded
