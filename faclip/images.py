@@ -6,7 +6,8 @@ The guards, in order:
 - a path is read only if it is a regular file of at most MAX_IMAGE_BYTES (a FIFO or device is never opened);
 - only the photo formats in FORMATS are tried, none of which decodes a pixel when opened (ICO does, of
   an embedded PNG of any size; ICNS decodes past its header's size; EPS runs Ghostscript: all refused);
-- the size the header claims passes `image_size_problem` (pixels, aspect) before anything is decoded;
+- the size the header claims passes `image_size_problem` (pixels, aspect) before anything is decoded,
+  and so do a TIFF's tiles (each is decoded into a buffer of its own size, whatever the image's);
 - whatever Pillow raises while opening, decoding or converting (ValueError, TypeError, struct.error,
   SyntaxError, EOFError, OSError, ...) is an ImageRefused of kind `corrupt`.
 
@@ -24,7 +25,7 @@ import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
 from faclip.errors import FaclipError
-from faclip.files import MAX_IMAGE_BYTES, RefusedFile, image_size_problem, read_regular_file
+from faclip.files import MAX_IMAGE_BYTES, MAX_IMAGE_PIXELS, RefusedFile, image_size_problem, read_regular_file
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ def decode_image(data: bytes, name: str, min_side: int | None = None) -> Image.I
 
 
 def _guarded(image: Image.Image, name: str, min_side: int | None) -> Image.Image:
-    problem = image_size_problem(*image.size)  # from the header: nothing is decoded yet
+    problem = image_size_problem(*image.size) or _tile_problem(image)  # from the header: nothing decoded yet
     if problem is not None:
         raise ImageRefused(name, *problem)
     try:
@@ -119,6 +120,17 @@ def _guarded(image: Image.Image, name: str, min_side: int | None) -> Image.Image
         raise
     except Exception as err:  # decoders raise all sorts on damaged data; none may escape as a traceback
         raise ImageRefused(name, "corrupt", error_detail(err)) from None
+
+
+def _tile_problem(image: Image.Image) -> tuple[str, str] | None:
+    """`too_large` for a TIFF whose tiles (TileWidth x TileLength) hold more than MAX_IMAGE_PIXELS: an 8x8
+    image of 32768x32768 tiles would take 1 GB to decode."""
+    tags = getattr(image, "tag_v2", None)
+    width, length = (tags.get(322), tags.get(323)) if tags is not None else (None, None)
+    if isinstance(width, int) and isinstance(length, int) and width * length > MAX_IMAGE_PIXELS:
+        return "too_large", (f"its TIFF tiles are {width}x{length} pixels, more than the "
+                             f"{MAX_IMAGE_PIXELS // 1_000_000} Mpx limit")
+    return None
 
 
 def _to_rgb(image: Image.Image, name: str) -> Image.Image:

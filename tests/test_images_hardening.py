@@ -7,6 +7,7 @@ import os
 import random
 import struct
 import threading
+import zlib
 
 import numpy as np
 import pytest
@@ -254,6 +255,26 @@ def test_a_huge_image_in_each_format_is_refused_from_its_header(decoded):
         with pytest.raises(FaclipError, match="9000x9000 pixels"):
             load_rgb(data)
     assert decoded == []
+
+
+def tiled_tiff(width: int, height: int, tile: int) -> bytes:
+    """A deflate-compressed grey TIFF of width x height pixels in tiles of tile x tile, written by hand."""
+    data = zlib.compress(bytes(min(tile * tile, 1 << 20)))
+    entries = [(256, width), (257, height), (258, 8), (259, 8), (262, 1), (277, 1), (322, tile), (323, tile),
+               (324, 8 + 2 + 12 * 10 + 4), (325, len(data))]
+    ifd = struct.pack("<H", len(entries)) + b"".join(struct.pack("<HHII", tag, 4, 1, value) for tag, value in entries)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + data
+
+
+def test_a_tiff_of_huge_tiles_is_refused_undecoded(tmp_path, decoded):
+    assert load_rgb(tiled_tiff(8, 8, 16)).size == (8, 8)  # tiles of sane size decode
+    decoded.clear()
+    path = tmp_path / "tiles.tif"
+    path.write_bytes(tiled_tiff(8, 8, 32768))  # an 8x8 image whose one tile would take 1 GB to decode
+    with pytest.raises(ImageRefused, match="TIFF tiles are 32768x32768 pixels") as err:
+        load_rgb(path)
+    assert err.value.kind == "too_large" and decoded == []
+    assert check_image(str(path)).reason == "image_too_large"
 
 
 # --- a query path that is not a regular file --------------------------------------------------
