@@ -13,10 +13,11 @@ Output: --out, a one-line file whose content is constant.
 import argparse
 import logging
 import os
+import shlex
 from pathlib import Path
 
 from faclip.errors import FaclipError, run_main
-from faclip.files import unhashable_entries, write_text
+from faclip.files import NON_UTF8_FIX, NON_UTF8_NAME, escaped_path, unhashable_entries, write_text
 from faclip.params import load_params
 
 logger = logging.getLogger("stages.check_params")
@@ -48,10 +49,13 @@ def check_data_root(root: Path) -> None:
     if bad:
         bad = _not_ignored_by_dvc(bad)
     if bad:
-        shown = "; ".join(f"{path} ({what})" for path, what in bad[:SHOWN]) + (f"; and {len(bad) - SHOWN} more" if len(bad) > SHOWN else "")
+        shown = "; ".join(f"{escaped_path(path)} ({what})" for path, what in bad[:SHOWN]) + \
+            (f"; and {len(bad) - SHOWN} more" if len(bad) > SHOWN else "")
+        rename = f"; {NON_UTF8_FIX.replace('<folder>', shlex.quote(str(root)))}" \
+            if any(what == NON_UTF8_NAME for _, what in bad) else ""
         raise FaclipError(f"data.root holds {len(bad)} entr{'y' if len(bad) == 1 else 'ies'} that DVC cannot hash "
                           f"(it would hang or fail on them): {shown}; remove them, or (inside the repository) "
-                          f"list them in .dvcignore")
+                          f"list them in .dvcignore{rename}")
 
 
 def main(argv=None):
