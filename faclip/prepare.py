@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from faclip.errors import FaclipError
 from faclip.files import (MAX_IMAGE_BYTES, MAX_JSON_BYTES, NON_UTF8_FIX, RefusedFile, escaped_path,
                           image_size_problem, is_utf8_name, read_regular_file, resolve_under_root)
-from faclip.tables import DOCSTORE_COLUMNS, PAIRS_COLUMNS
+from faclip.tables import DOCSTORE_COLUMNS, PAIRS_COLUMNS, check_unique_ids
 from faclip.text import food_id_for, invalid_character, is_blank, passage_id_for
 
 logger = logging.getLogger(__name__)
@@ -340,6 +340,7 @@ def prepare_dataset(root: str | Path, test_fraction: float, workers: int | None 
     pairs["split"] = pairs["image_sha256"].map(split)
     pairs = pairs.sort_values(["image_path", "passage_id"], ignore_index=True)
     docstore = pd.DataFrame(sorted(passages.values()), columns=DOCSTORE_COLUMNS)
+    check_unique_ids(docstore["id"].tolist(), "the docstore prepare built")  # the index maps rows by id
 
     images = pairs.drop_duplicates("image_sha256")
     dishes_per_passage = pairs.groupby("passage_id")["food_id"].nunique()
