@@ -48,6 +48,9 @@ EF_SEARCH_LIMIT = 65_536
 NPROBE_LIMIT = 2**20
 MAX_MEMORY_MB_MAX = 2**24  # 16 TiB
 NUM_WORKERS_MAX = 256  # decode processes per embed process
+# evaluate ranks every query this deep (and deeper for a larger k: (queries x k) hits, and chance recall@k
+# as a ratio of binomials C(N, k), which for k ~ N / 2 of a large docstore takes minutes per query).
+EVAL_K_LIMIT = 1000
 
 
 @dataclass(frozen=True)
@@ -142,8 +145,9 @@ class EvalParams:
     k: tuple[int, ...] = (1, 5, 10)
 
     def __post_init__(self):
-        ok = isinstance(self.k, (list, tuple)) and len(self.k) > 0 and all(_is_int(k) and k >= 1 for k in self.k)
-        _check(ok, "eval.k", self.k, "use a non-empty list of whole numbers >= 1, e.g. [1, 5, 10]")
+        ok = isinstance(self.k, (list, tuple)) and len(self.k) > 0 and \
+            all(_is_int(k) and 1 <= k <= EVAL_K_LIMIT for k in self.k)
+        _check(ok, "eval.k", self.k, f"use a non-empty list of whole numbers from 1 to {EVAL_K_LIMIT}, e.g. [1, 5, 10]")
         object.__setattr__(self, "k", tuple(sorted(set(self.k))))
 
 

@@ -32,6 +32,7 @@ from faclip.params import EF_SEARCH_LIMIT, NPROBE_LIMIT, SEED_MAX, parse_params
     ({"index": {"nprobe": NPROBE_LIMIT + 1}}, f"index.nprobe={NPROBE_LIMIT + 1} is invalid"),
     ({"index": {"max_memory_mb": 10**30}}, "index.max_memory_mb="),
     ({"embed": {"num_workers": 10**6}}, "embed.num_workers=1000000 is invalid"),
+    ({"eval": {"k": [1, 10**12]}}, "eval.k=[1, 1000000000000] is invalid"),
 ])
 def test_values_that_would_crash_or_poison_a_stage_are_refused(raw, named):
     with pytest.raises(FaclipError) as err:
