@@ -125,6 +125,25 @@ def read_regular_file(path: str | Path, root: str | Path | None, max_bytes: int)
     return data
 
 
+def is_utf8_name(path: str | Path) -> bool:
+    """Whether a path's name is valid UTF-8 (Python keeps other bytes, say a cp1256 name from a zip made on
+    Windows, as lone surrogates that cannot be written to a UTF-8 file)."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def escaped_path(path: str | Path) -> str:
+    """A path as text that can always be written and read back: bytes that are not UTF-8 as \\xNN."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+NON_UTF8_NAME = "name not UTF-8"
+NON_UTF8_FIX = "rename it to UTF-8, e.g. `convmv -f cp1256 -t utf8 -r --notest <folder>` for a zip made on Windows"
+
+
 def image_size_problem(width: int, height: int) -> tuple[str, str] | None:
     """Why an image of this size (read from its header) must not be decoded, as (kind, detail), or
     None: kind `too_large` (more than MAX_IMAGE_PIXELS) or `extreme_aspect` (one side more than
@@ -141,7 +160,10 @@ def unhashable_entries(root: str | Path) -> list[tuple[str, str]]:
 
     DVC opens every file under a dependency folder, following symlinks to files (not to folders): it
     waits forever on a FIFO, reads a symlink to /dev/zero forever, and stops with an error on a
-    dangling or looping symlink, a socket, or a file or folder it may not read.
+    dangling or looping symlink, a socket, or a file or folder it may not read. DVC 3 also stops
+    (`ERROR: unexpected error - 'utf-8' codec can't encode characters ...: surrogates not allowed`) on a
+    file whose name, or a folder's above it, is not valid UTF-8 (an empty such folder it passes).
+    Paths are returned as os.walk gives them (not UTF-8 bytes as lone surrogates: see `escaped_path`).
     """
     found = []
 
@@ -151,6 +173,9 @@ def unhashable_entries(root: str | Path) -> list[tuple[str, str]]:
     for folder, _, names in os.walk(root, onerror=unreadable):  # symlinked folders: listed, not entered
         for name in names:
             path = os.path.join(folder, name)
+            if not is_utf8_name(os.path.relpath(path, root)):
+                found.append((path, NON_UTF8_NAME))
+                continue
             try:
                 mode = os.stat(path).st_mode
             except FileNotFoundError:

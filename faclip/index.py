@@ -15,21 +15,27 @@ recall (`factory`, `factory_requested`, `factory_reason`, `search_params`, `reca
 `recall_queries`); `load_index` applies the manifest's `search_params`, so every reader searches alike.
 """
 
+import hashlib
 import json
 import logging
 import math
+import os
 import re
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import faiss
 import numpy as np
 
-from faclip.embed import load_image_embeddings
 from faclip.errors import FaclipError
 from faclip.files import atomic_dir, sha256_file, write_json
 from faclip.metrics import hits_from_ids
-from faclip.models import embed_passages, weights_sha256
 from faclip.tables import load_docstore, load_pairs
+
+# faclip.embed and faclip.models (torch, transformers: ~10 s to import on busy cores) are imported where
+# used, so that check_params' factory probe, which needs only FAISS, starts in about a second.
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +60,13 @@ TUNE_QUERIES = 1000  # held-out queries the knob is tuned on (a seeded sample of
 EF_SEARCH_MAX = 4096
 
 
+def _faiss_message(err: RuntimeError) -> str:
+    """The last line of a FAISS error, without its C++ signature: what failed, in a few words."""
+    line = (str(err).strip().splitlines() or [type(err).__name__])[-1]
+    match = re.search(r" at \S+:\d+: (?:Error: )?(.*)$", line)
+    return (match.group(1) if match else line.split("Error: ")[-1])[:160]
+
+
 def _training_points_needed(err: RuntimeError) -> int | None:
     match = re.search(r"number of clusters \((\d+)\)", str(err))
     return int(match.group(1)) if match else None
@@ -66,9 +79,13 @@ def build_index(vectors: np.ndarray, factory: str) -> faiss.Index:
     try:
         index = faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as err:
-        detail = str(err).strip().splitlines()[-1].split("Error: ")[-1][:160]
+        detail = _faiss_message(err)
         raise FaclipError(f"index.factory={factory!r} is not a FAISS factory string for dim {dim} ({detail}); "
                           "use e.g. Flat, HNSW32 or IVF64,Flat") from None
+    ivf = faiss.try_extract_index_ivf(index)
+    if ivf is not None and ivf.nlist < 1:
+        raise FaclipError(f"index.factory={factory!r} has {ivf.nlist} inverted lists; use IVF<n> with n >= 1, "
+                          "e.g. IVF64,Flat")
     if not index.is_trained:
         _train(index, vectors, factory)
     # HNSW links nodes in parallel and the result depends on thread timing: build on one thread.
@@ -77,6 +94,9 @@ def build_index(vectors: np.ndarray, factory: str) -> faiss.Index:
         faiss.omp_set_num_threads(1)
     try:
         index.add(vectors)
+    except RuntimeError as err:  # NSG needs > 100 vectors, IDMap wants ids...
+        raise FaclipError(f"cannot build index.factory={factory!r} on {count} passages "
+                          f"({_faiss_message(err)}); use index.factory=Flat or auto") from None
     finally:
         faiss.omp_set_num_threads(threads)
     _set_search_defaults(index)
@@ -95,7 +115,7 @@ def _train(index: faiss.Index, vectors: np.ndarray, factory: str) -> None:
         needed = _training_points_needed(err)
         if needed is None:
             raise FaclipError(f"cannot train index.factory={factory!r} on {len(vectors)} passages "
-                              f"({str(err).strip().splitlines()[-1][:160]}); use index.factory=Flat") from None
+                              f"({_faiss_message(err)}); use index.factory=Flat") from None
         _too_few(factory, needed, len(vectors))
 
 
@@ -119,12 +139,13 @@ def save_index(index: faiss.Index, out_dir: str | Path, *, factory: str, passage
 
     `search_facts` (what `tune_index` returns: the choice, its reason, the knob, the measured recall) are
     recorded too."""
-    assert index.ntotal == len(passage_ids)
+    assert index.ntotal == len(passage_ids) and len(set(passage_ids)) == len(passage_ids)
     with atomic_dir(out_dir) as tmp:
         faiss.write_index(index, str(tmp / INDEX_FILE))
         manifest = {
             "factory": factory, "dim": index.d, "count": index.ntotal, **(search_facts or {}),
-            "passage_ids": list(passage_ids), "docstore_sha256": docstore_sha256, "model_sha256": model_sha256,
+            "passage_ids": list(passage_ids), "passage_ids_sha256": passage_ids_sha256(passage_ids),
+            "docstore_sha256": docstore_sha256, "model_sha256": model_sha256,
             "index_sha256": sha256_file(tmp / INDEX_FILE),
         }
         write_json(tmp / MANIFEST_FILE, manifest)
@@ -140,7 +161,9 @@ def build_passage_index(model_dir: str | Path, docstore_path: str | Path, out_di
 
     `queries` (Q, D) are held-out query vectors the search knob is tuned and recall measured on (the
     passages themselves when None)."""
-    docstore = load_docstore(docstore_path)
+    from faclip.models import embed_passages, weights_sha256
+
+    docstore = load_docstore(docstore_path)  # ids checked unique: row i of the index is passage_ids[i]
     vectors = embed_passages(model_dir, docstore["passage_text"].tolist(), device=device)  # (N, D)
     requested = factory
     reason = "given as index.factory"
@@ -168,6 +191,8 @@ def build_passage_index(model_dir: str | Path, docstore_path: str | Path, out_di
 def held_out_queries(pairs_path: str | Path, image_embeddings_path: str | Path) -> np.ndarray:
     """The train split's distinct image vectors (M, D): image->passage queries that `evaluate`'s test photos are
     not among, so the knob is tuned on other queries than those its recall is reported on."""
+    from faclip.embed import load_image_embeddings
+
     pairs = load_pairs(pairs_path)
     shas = sorted(set(pairs.loc[pairs["split"] == "train", "image_sha256"]))
     return load_image_embeddings(image_embeddings_path).lookup(shas)  # (M, D)
@@ -302,39 +327,74 @@ def _smallest_reaching(recall_at, target: float, low: int, high: int) -> int:
     return value
 
 
-# What every reader relies on in a manifest, and its type.
-MANIFEST_FIELDS = {"factory": str, "dim": int, "count": int, "passage_ids": list, "docstore_sha256": str,
-                   "model_sha256": str, "index_sha256": str}
+def passage_ids_sha256(passage_ids: list[str]) -> str:
+    """sha256 of the ordered passage ids (one a line): row i of the index is passage_ids[i], so an edited or
+    reordered list would silently return other passages; the manifest records it and readers check it."""
+    return hashlib.sha256("".join(f"{passage_id}\n" for passage_id in passage_ids).encode("utf-8")).hexdigest()
+
+
+# What every reader relies on in a manifest, and its type; then the optional facts and search knobs.
+MANIFEST_FIELDS = {"factory": str, "dim": int, "count": int, "passage_ids": list, "passage_ids_sha256": str,
+                   "docstore_sha256": str, "model_sha256": str, "index_sha256": str}
+MANIFEST_FACTS = {"factory_requested": str, "factory_reason": str, "search_params": dict,
+                  f"recall_vs_exact@{RECALL_K}": (int, float), "recall_queries": str, "recall_target": (int, float)}
+SEARCH_KNOBS = ("nprobe", "efSearch")
+
+
+def _manifest_problem(manifest) -> str | None:
+    """What is wrong with a parsed manifest (a few words), or None."""
+    if not isinstance(manifest, dict):
+        return f"a JSON {type(manifest).__name__}, not an object"
+    for key, kind in {**MANIFEST_FIELDS, **MANIFEST_FACTS}.items():
+        value = manifest.get(key)
+        if (key in MANIFEST_FIELDS or key in manifest) and (not isinstance(value, kind) or isinstance(value, bool)):
+            return f"{key!r} missing or not a {getattr(kind, '__name__', 'number')}"
+    unknown = sorted(set(manifest) - set(MANIFEST_FIELDS) - set(MANIFEST_FACTS))
+    if unknown:
+        return f"unknown field {unknown[0]!r}"
+    if manifest["dim"] < 1 or manifest["count"] < 1:
+        return f"dim {manifest['dim']}, count {manifest['count']}"
+    ids = manifest["passage_ids"]
+    if len(ids) != manifest["count"] or not all(isinstance(i, str) for i in ids) or len(set(ids)) != len(ids):
+        return f"{len(ids)} passage ids for a count of {manifest['count']}, not all distinct strings"
+    if passage_ids_sha256(ids) != manifest["passage_ids_sha256"]:
+        return "passage_ids do not match passage_ids_sha256 (edited or reordered)"
+    for name, value in manifest.get("search_params", {}).items():
+        if name not in SEARCH_KNOBS or not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            return f"search_params {name}={value!r} (known: {', '.join(SEARCH_KNOBS)}, whole numbers >= 1)"
+    return None
 
 
 def read_manifest(index_dir: str | Path) -> dict:
     """The index manifest; a one-line error when the index is missing or the manifest is damaged
-    (not JSON, not an object, a field missing or of the wrong type). The sha256 it records are
-    checked by `check_manifest`."""
+    (not JSON, not an object, a field missing, unknown or of the wrong type, passage ids that do not
+    match their sha256). The files' sha256 it records are checked by `check_manifest`."""
     path = Path(index_dir) / MANIFEST_FILE
     if not path.is_file() or not (Path(index_dir) / INDEX_FILE).is_file():
         raise FaclipError(f"no index found in {index_dir}; {REBUILD}")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as err:
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
         raise FaclipError(f"{path} is damaged (not JSON: {type(err).__name__}); {REBUILD}") from None
-    if not isinstance(manifest, dict):
-        raise FaclipError(f"{path} is damaged (a JSON {type(manifest).__name__}, not an object); {REBUILD}")
-    for key, kind in MANIFEST_FIELDS.items():
-        if not isinstance(manifest.get(key), kind):
-            raise FaclipError(f"{path} is damaged or from another faclip ({key!r} missing or not a "
-                              f"{kind.__name__}); {REBUILD}")
-    if len(manifest["passage_ids"]) != manifest["count"] or not isinstance(manifest.get("search_params", {}), dict):
-        raise FaclipError(f"{path} is damaged ({len(manifest['passage_ids'])} passage ids for a count of "
-                          f"{manifest['count']}, or search_params not an object); {REBUILD}")
+    problem = _manifest_problem(manifest)
+    if problem is not None:
+        raise FaclipError(f"{path} is damaged or from another faclip ({problem}); {REBUILD} "
+                          f"or `dvc checkout {index_dir}`")
     return manifest
 
 
 def check_manifest(index_dir: str | Path, model_dir: str | Path, docstore_path: str | Path) -> dict:
     """Check the index was built from this docstore and model and is intact; returns the manifest."""
+    from faclip.models import weights_sha256
+
     manifest = read_manifest(index_dir)
     if sha256_file(docstore_path) != manifest["docstore_sha256"]:
         raise FaclipError(f"the index in {index_dir} was built from another docstore than {docstore_path}; {REBUILD}")
+    ids = load_docstore(docstore_path)["id"].tolist()  # the index holds the docstore's passages, in its order
+    if ids != manifest["passage_ids"]:
+        missing = sorted(set(manifest["passage_ids"]) - set(ids))
+        what = f"passage {missing[0]} is not in the docstore" if missing else "its passage order is not the docstore's"
+        raise FaclipError(f"the manifest of the index in {index_dir} does not match {docstore_path} ({what}); {REBUILD}")
     if weights_sha256(model_dir) != manifest["model_sha256"]:
         raise FaclipError(f"the index in {index_dir} was built from another model than {model_dir}; {REBUILD}")
     if sha256_file(Path(index_dir) / INDEX_FILE) != manifest["index_sha256"]:
@@ -390,3 +450,54 @@ def _share_found(index: faiss.Index, queries: np.ndarray, exact: np.ndarray) -> 
         _, approx = search(index, queries[start:start + QUERY_CHUNK], chunk.shape[1])  # (chunk, k)
         found += int(((approx[:, :, None] == chunk[:, None, :]) & (chunk[:, None, :] >= 0)).any(axis=1).sum())
     return found / exact.size
+
+
+# --- check_params' factory probe ---------------------------------------------------------------------
+
+# A factory is built on this many random unit vectors of this dim: CLIPfa's 768 (the tiny models' 128
+# divides it, so a PQ split valid for either is valid here). Too few vectors to train is not the probe's
+# concern (it depends on the docstore; the index stage names it in one line): 200 vectors build graphs
+# (NSG needs > 100) but stop PQ codebooks (256 centroids) at once, which keeps OPQ's slow training out.
+PROBE_VECTORS = 200
+PROBE_DIM = 768
+PROBE_TIMEOUT_S = 120
+
+
+def probe_factory(factory: str, nprobe: int | None, efSearch: int | None) -> None:
+    """Build `factory` on a random set, set the given knob and search it, as the index stage would: a
+    FaclipError for what would fail there. Run it in a subprocess (`check_factory`): FAISS may abort."""
+    vectors = np.random.default_rng(SEED).standard_normal((PROBE_VECTORS, PROBE_DIM)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    try:
+        index = build_index(vectors, factory)
+    except FaclipError as err:
+        if "passages to train" in str(err):
+            return
+        raise
+    tune_index(index, vectors, vectors[:10], recall_target=None, nprobe=nprobe, efSearch=efSearch)
+
+
+def check_factory(factory: str, nprobe: int | None = None, efSearch: int | None = None) -> None:
+    """`probe_factory` in a subprocess: a factory that FAISS aborts or crashes on (HNSW0, HNSW1) is a
+    one-line FaclipError here, before DVC deletes the index stage's outputs, not a dead index stage."""
+    code = ("import sys; from faclip.errors import run_main; from faclip.index import probe_factory; "
+            "run_main(lambda: probe_factory(sys.argv[1], *(None if a == 'null' else int(a) for a in sys.argv[2:])))")
+    package_root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+    args = [factory, *("null" if knob is None else str(knob) for knob in (nprobe, efSearch))]
+    try:
+        result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env,
+                                timeout=PROBE_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise FaclipError(f"index.factory={factory!r} did not build {PROBE_VECTORS} random vectors in "
+                          f"{PROBE_TIMEOUT_S} s; use auto, Flat, HNSW32 or IVF<n>,Flat") from None
+    errors = [line for line in result.stderr.splitlines() if line.startswith("faclip error: ")]
+    if result.returncode == 2 and errors:
+        raise FaclipError(errors[-1].removeprefix("faclip error: "))
+    if result.returncode != 0:
+        how = (f"killed by {signal.Signals(-result.returncode).name}" if result.returncode < 0
+               else f"failed with exit status {result.returncode}")
+        lines = result.stderr.strip().splitlines()
+        detail = f": {lines[-1][:160]}" if lines else ""
+        raise FaclipError(f"index.factory={factory!r}: FAISS {how} building it on {PROBE_VECTORS} random vectors"
+                          f"{detail}; use auto, Flat, HNSW32 or IVF<n>,Flat")

@@ -201,10 +201,34 @@ def require_model_folder(path: str | Path, stage: str = "base") -> Path:
     return path
 
 
+# The fields of faclip.json a reader uses, and their types (base folders: source, kind, dim; fine-tuned: the rest).
+MODEL_INFO_FIELDS = {"source": str, "kind": str, "dim": int, "logit_scale": (int, float), "base_text_source": str,
+                     "base_text_sha256": str, "vision_sha256": str, "params": dict}
+
+
 def read_model_info(path: str | Path) -> dict:
-    """A model folder's faclip.json (provenance, and for a fine-tuned model its logit_scale and params), or {}."""
+    """A model folder's faclip.json (provenance, and for a fine-tuned model its logit_scale and params), or {}
+    when there is none (a folder saved by other tools); a damaged one is a one-line error."""
     info = Path(path) / FACLIP_JSON
-    return json.loads(info.read_text(encoding="utf-8")) if info.is_file() else {}
+    if not info.is_file():
+        return {}
+    fix = f"restore it with `dvc checkout {path}` or rebuild it with `dvc repro base` / `dvc repro train`"
+    try:
+        data = json.loads(info.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise FaclipError(f"{info} is damaged (not JSON: {type(err).__name__}); {fix}") from None
+    if not isinstance(data, dict):
+        raise FaclipError(f"{info} is damaged (a JSON {type(data).__name__}, not an object); {fix}")
+    for key, kind in MODEL_INFO_FIELDS.items():
+        if key in data and (not isinstance(data[key], kind) or isinstance(data[key], bool)):
+            raise FaclipError(f"{info} is damaged ({key!r} is {data[key]!r}, not a {getattr(kind, '__name__', 'number')}); "
+                              f"{fix}")
+    if "logit_scale" in data and not math.isfinite(data["logit_scale"]):
+        raise FaclipError(f"{info} is damaged (logit_scale is {data['logit_scale']}); {fix}")
+    max_len = data.get("params", {}).get("max_text_len")
+    if max_len is not None and (not isinstance(max_len, int) or isinstance(max_len, bool) or max_len < 1):
+        raise FaclipError(f"{info} is damaged (params.max_text_len is {max_len!r}); {fix}")
+    return data
 
 
 def load_folder(cls, path: str | Path, **kwargs):

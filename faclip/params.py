@@ -9,6 +9,7 @@ writes `3e-05`) means here what it means to DVC: a number.
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,22 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float (YAML's .inf and .nan are floats: they would train a NaN model)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# torch.manual_seed takes [-2**63, 2**64), numpy's legacy seeds and random [0, 2**32): one range all accept,
+# with room for train's per-epoch and per-rank offsets (seed + 1000 * epoch + rank).
+SEED_MAX = 2**32 - 1
+# Search knobs beyond these buy nothing and cost memory: HNSW holds efSearch candidates per query (efSearch
+# 1e9 asked for 4.4 GB, then bad_alloc), and no IVF index here has more than 2**20 lists to probe.
+EF_SEARCH_LIMIT = 65_536
+NPROBE_LIMIT = 2**20
+MAX_MEMORY_MB_MAX = 2**24  # 16 TiB
+NUM_WORKERS_MAX = 256  # decode processes per embed process
+# evaluate ranks every query this deep (and deeper for a larger k: (queries x k) hits, and chance recall@k
+# as a ratio of binomials C(N, k), which for k ~ N / 2 of a large docstore takes minutes per query).
+EVAL_K_LIMIT = 1000
 
 
 @dataclass(frozen=True)
@@ -84,7 +100,8 @@ class TrainParams:
                self.warmup_steps, "use a whole number >= 0")
         _check(_is_int(self.max_text_len) and 8 <= self.max_text_len <= 512, "max_text_len",
                self.max_text_len, "use a whole number from 8 to 512")
-        _check(_is_int(self.seed) and self.seed >= 0, "seed", self.seed, "use a whole number >= 0")
+        _check(_is_int(self.seed) and 0 <= self.seed <= SEED_MAX, "seed", self.seed,
+               f"use a whole number from 0 to {SEED_MAX} (2**32 - 1: what torch, numpy and random all accept)")
         _check(self.positives in POSITIVES, "positives", self.positives,
                "use dish (same-dish pairs, the default), image (pairs sharing the photo) or pair (plain CLIP)")
 
@@ -100,13 +117,14 @@ class IndexParams:
     def __post_init__(self):
         _check(isinstance(self.factory, str) and self.factory.strip() != "", "index.factory",
                self.factory, "use auto or a FAISS index_factory string such as Flat, HNSW32 or IVF64,Flat")
-        _check(_is_int(self.max_memory_mb) and self.max_memory_mb >= 1, "index.max_memory_mb", self.max_memory_mb,
-               "use a whole number of MiB >= 1, e.g. 4096")
+        _check(_is_int(self.max_memory_mb) and 1 <= self.max_memory_mb <= MAX_MEMORY_MB_MAX, "index.max_memory_mb",
+               self.max_memory_mb, f"use a whole number of MiB from 1 to {MAX_MEMORY_MB_MAX}, e.g. 4096")
         _check(_is_number(self.recall_target) and 0 < self.recall_target <= 1, "index.recall_target",
                self.recall_target, "use a number in (0, 1], e.g. 0.95")
-        for key, value in (("index.nprobe", self.nprobe), ("index.efSearch", self.efSearch)):
-            _check(value is None or (_is_int(value) and value >= 1), key, value,
-                   "use a whole number >= 1, or null to tune it (factory auto) or keep faclip's default")
+        for key, value, high in (("index.nprobe", self.nprobe, NPROBE_LIMIT), ("index.efSearch", self.efSearch,
+                                                                               EF_SEARCH_LIMIT)):
+            _check(value is None or (_is_int(value) and 1 <= value <= high), key, value,
+                   f"use a whole number from 1 to {high}, or null to tune it (factory auto) or keep faclip's default")
 
 
 @dataclass(frozen=True)
@@ -116,9 +134,10 @@ class EmbedParams:
     num_workers: int | str = "auto"  # DataLoader decode workers per process; auto: up to 8, by cores per process
 
     def __post_init__(self):
-        for key, value, low in (("embed.batch_size", self.batch_size, 1), ("embed.num_workers", self.num_workers, 0)):
-            _check(value == "auto" or (_is_int(value) and value >= low), key, value,
-                   f"use auto or a whole number >= {low}")
+        for key, value, low, high in (("embed.batch_size", self.batch_size, 1, 65_536),
+                                      ("embed.num_workers", self.num_workers, 0, NUM_WORKERS_MAX)):
+            _check(value == "auto" or (_is_int(value) and low <= value <= high), key, value,
+                   f"use auto or a whole number from {low} to {high}")
 
 
 @dataclass(frozen=True)
@@ -126,8 +145,9 @@ class EvalParams:
     k: tuple[int, ...] = (1, 5, 10)
 
     def __post_init__(self):
-        ok = isinstance(self.k, (list, tuple)) and len(self.k) > 0 and all(_is_int(k) and k >= 1 for k in self.k)
-        _check(ok, "eval.k", self.k, "use a non-empty list of whole numbers >= 1, e.g. [1, 5, 10]")
+        ok = isinstance(self.k, (list, tuple)) and len(self.k) > 0 and \
+            all(_is_int(k) and 1 <= k <= EVAL_K_LIMIT for k in self.k)
+        _check(ok, "eval.k", self.k, f"use a non-empty list of whole numbers from 1 to {EVAL_K_LIMIT}, e.g. [1, 5, 10]")
         object.__setattr__(self, "k", tuple(sorted(set(self.k))))
 
 

@@ -20,9 +20,10 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from faclip.errors import FaclipError
-from faclip.files import MAX_IMAGE_BYTES, MAX_JSON_BYTES, RefusedFile, read_regular_file, resolve_under_root
+from faclip.files import (MAX_IMAGE_BYTES, MAX_JSON_BYTES, NON_UTF8_FIX, RefusedFile, escaped_path, is_utf8_name,
+                          read_regular_file, resolve_under_root)
 from faclip.images import ImageRefused, decode_image
-from faclip.tables import DOCSTORE_COLUMNS, PAIRS_COLUMNS
+from faclip.tables import DOCSTORE_COLUMNS, PAIRS_COLUMNS, check_unique_ids
 from faclip.text import food_id_for, invalid_character, is_blank, passage_id_for
 
 logger = logging.getLogger(__name__)
@@ -71,14 +72,20 @@ JSON_SUFFIXES = (".json", ".jsonl")  # either suffix may hold any of the three f
 
 def find_json_files(root: Path, skips: Skips | None = None) -> list[Path]:
     """Every *.json / *.jsonl file under root, in a sorted, machine-independent order (symlinked
-    folders are not entered); a folder that cannot be listed is a `folder_unreadable` skip."""
+    folders are not entered); a folder that cannot be listed is a `folder_unreadable` skip, and a file
+    whose path under root is not valid UTF-8 (its name or a folder's) a `non_utf8_name` skip."""
     errors = []
     files = [Path(d) / f for d, _, names in os.walk(root, followlinks=False, onerror=errors.append) for f in names
              if f.lower().endswith(JSON_SUFFIXES)]
-    for err in sorted(errors, key=lambda e: str(e.filename)):
+    for err in sorted(errors, key=lambda e: escaped_path(e.filename)):
         if skips is not None:
-            skips.add("folder_unreadable", _relative(root, err.filename), detail=err.strerror or "")
-    return sorted(files, key=lambda p: p.relative_to(root).as_posix())
+            skips.add("folder_unreadable", escaped_path(_relative(root, err.filename)), detail=err.strerror or "")
+    named = [path for path in files if is_utf8_name(path.relative_to(root))]
+    for path in sorted(set(files) - set(named), key=lambda p: escaped_path(p.relative_to(root))):
+        if skips is not None:
+            skips.add("non_utf8_name", escaped_path(path.relative_to(root).as_posix()),
+                      detail=f"the name is not UTF-8; {NON_UTF8_FIX}")
+    return sorted(named, key=lambda p: p.relative_to(root).as_posix())
 
 
 def _relative(root: Path, path) -> str:
@@ -207,22 +214,55 @@ def check_images(paths: list[str], workers: int, root: str | None = None) -> dic
 
 
 def split_images(image_food: pd.DataFrame, test_fraction: float) -> dict[str, str]:
-    """image_sha256 -> 'train'|'test', from the image's own hash, so a split never moves when data is added.
+    """image_sha256 -> 'train'|'test', from each image's own hash, so a split never moves when data is added.
 
-    A dish with 2+ images gets at least one in each split: if the hash put all of them on one side,
-    its lowest-scoring image goes to test (or its highest to train).
+    The rule: every dish with 2+ distinct images has at least one in each split, when that is possible. A
+    photo shared by several dishes counts for each of them. When the hash put all of a dish's images on one
+    side, one of them moves: the lowest-scoring one to test (or the highest to train) among those whose move
+    leaves every other dish holding it with an image on each side. A move never breaks a dish, so each one
+    fixes at least one more dish and the passes (in food_id order, until nothing moves) end. A dish whose
+    every image is needed where it is by another dish stays on one side (`one_sided_dishes` names them): with
+    shared photos, splitting every dish is not always possible (three dishes pairwise sharing three photos).
     """
     score = {sha: int(sha[:16], 16) / 2**64 for sha in image_food["image_sha256"].unique()}
     split = {sha: "test" if s < test_fraction else "train" for sha, s in score.items()}
-    for _, shas in sorted(image_food.groupby("food_id")["image_sha256"]):
-        ranked = sorted(set(shas), key=lambda sha: (score[sha], sha))
-        if len(ranked) < 2:
-            continue
-        if all(split[sha] == "train" for sha in ranked):
-            split[ranked[0]] = "test"
-        elif all(split[sha] == "test" for sha in ranked):
-            split[ranked[-1]] = "train"
+    pairs = image_food.drop_duplicates(["food_id", "image_sha256"])
+    dish_images = {food: sorted(set(shas), key=lambda sha: (score[sha], sha))
+                   for food, shas in pairs.groupby("food_id")["image_sha256"]}
+    dish_images = {food: ranked for food, ranked in sorted(dish_images.items()) if len(ranked) >= 2}
+    image_dishes: dict[str, list[str]] = {}
+    for food, ranked in dish_images.items():
+        for sha in ranked:
+            image_dishes.setdefault(sha, []).append(food)
+
+    def one_sided(food: str) -> bool:
+        return len({split[sha] for sha in dish_images[food]}) == 1
+
+    def breaks_another(sha: str, food: str) -> bool:
+        side = split[sha]
+        return any(other != food and not one_sided(other) and
+                   sum(split[s] == side for s in dish_images[other]) == 1 for other in image_dishes[sha])
+
+    moved = True
+    while moved:
+        moved = False
+        for food, ranked in dish_images.items():
+            if not one_sided(food):
+                continue
+            side = split[ranked[0]]
+            candidates = ranked if side == "train" else ranked[::-1]
+            sha = next((sha for sha in candidates if not breaks_another(sha, food)), None)
+            if sha is not None:
+                split[sha] = "test" if side == "train" else "train"
+                moved = True
     return split
+
+
+def one_sided_dishes(image_food: pd.DataFrame, split: dict[str, str]) -> list[str]:
+    """The dishes (food_id, sorted) with 2+ distinct images that are all in one split."""
+    sides = image_food.drop_duplicates(["food_id", "image_sha256"]).assign(
+        split=lambda frame: frame["image_sha256"].map(split)).groupby("food_id")
+    return sorted(food for food, group in sides if len(group) >= 2 and group["split"].nunique() == 1)
 
 
 def prepare_dataset(root: str | Path, test_fraction: float, workers: int | None = None) -> Prepared:
@@ -276,9 +316,14 @@ def prepare_dataset(root: str | Path, test_fraction: float, workers: int | None 
     pairs = pairs.drop_duplicates(["image_sha256", "passage_id"], keep="first")
     duplicates = seen - len(pairs)
     split = split_images(pairs[["image_sha256", "food_id"]], test_fraction)
+    one_sided = one_sided_dishes(pairs[["image_sha256", "food_id"]], split)
+    if one_sided:
+        logger.warning("%d dish(es) with 2+ images have all of them in one split, as every image is needed "
+                       "where it is by another dish sharing it: %s", len(one_sided), ", ".join(one_sided[:20]))
     pairs["split"] = pairs["image_sha256"].map(split)
     pairs = pairs.sort_values(["image_path", "passage_id"], ignore_index=True)
     docstore = pd.DataFrame(sorted(passages.values()), columns=DOCSTORE_COLUMNS)
+    check_unique_ids(docstore["id"].tolist(), "the docstore prepare built")  # the index maps rows by id
 
     images = pairs.drop_duplicates("image_sha256")
     dishes_per_passage = pairs.groupby("passage_id")["food_id"].nunique()
@@ -295,6 +340,7 @@ def prepare_dataset(root: str | Path, test_fraction: float, workers: int | None 
         "test_images": int((images["split"] == "test").sum()),
         "train_pairs": int((pairs["split"] == "train").sum()),
         "test_pairs": int((pairs["split"] == "test").sum()),
+        "dishes_in_one_split": len(one_sided),
         "skipped": skips.counts(),
         "skipped_total": len(skips.rows),
     }

@@ -208,9 +208,9 @@ def train_text_encoder(*, text_dir: Path, docstore: Path, pairs: Path, image_emb
                          pairs=pairs, image_embeddings=image_embeddings, params=params)
     last = checkpoints / "last"
     state = read_checkpoint_state(last, inputs) if params.epochs > 0 else None
-    if state is not None:
-        load_checkpoint(last, model=raw_model, optimizer=optimizer, logit_scale=logit_scale)
-    else:
+    if state is not None and not load_checkpoint(last, model=raw_model, optimizer=optimizer, logit_scale=logit_scale):
+        state = None  # damaged: warned, and training starts fresh (the next epoch end overwrites it)
+    if state is None:
         state = {"fingerprint": inputs, "epoch": 0, "step": 0, "steps": [], "epochs": [],
                  "untrained": held_out_recall(raw_model, tokenizer, held_out, passages, params.max_text_len)
                  if main else {}}
@@ -242,6 +242,11 @@ def train_text_encoder(*, text_dir: Path, docstore: Path, pairs: Path, image_emb
             features = gather_features(features, accelerator)  # (B, D): the global batch, in rank order
             batch = batch.to(accelerator.device)
             loss = contrastive_loss(image_emb[batch], features, groups[batch], logit_scale)  # global batch
+            losses.append(loss.item())  # a sync point, once per step: fine at this model size
+            if not math.isfinite(losses[-1]):  # the same global loss on every rank: all stop here, nothing written
+                raise FaclipError(f"the training loss became {losses[-1]} at step {step + 1} (epoch {epoch + 1}, "
+                                  f"learning rate {lr:.3g}): training diverged; lower learning_rate in params.yaml "
+                                  f"(now {params.learning_rate})")
             optimizer.zero_grad(set_to_none=True)
             accelerator.backward(loss)
             sum_gathered_grads(model, world)
@@ -250,7 +255,6 @@ def train_text_encoder(*, text_dir: Path, docstore: Path, pairs: Path, image_emb
             with torch.no_grad():
                 logit_scale.clamp_(0, LOGIT_SCALE_MAX)
             step += 1
-            losses.append(loss.item())  # a sync point, once per step: fine at this model size
             bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{lr:.2e}")
             row = {"train/loss": losses[-1], "train/lr": lr}
             state["steps"].append({"step": step, **row})

@@ -1,4 +1,5 @@
-"""check_params: validate every key of params.yaml, and that DVC can hash data.root, before any stage runs.
+"""check_params: validate every key of params.yaml, that DVC can hash data.root, and that a given FAISS
+factory builds, before any stage runs.
 
 DVC deletes a stage's outputs before it runs the stage, so a bad value found inside a stage has already
 cost that stage's last good outputs. This stage depends on the whole of params.yaml, so it runs first
@@ -13,10 +14,12 @@ Output: --out, a one-line file whose content is constant.
 import argparse
 import logging
 import os
+import shlex
 from pathlib import Path
 
 from faclip.errors import FaclipError, run_main
-from faclip.files import unhashable_entries, write_text
+from faclip.files import NON_UTF8_FIX, NON_UTF8_NAME, escaped_path, unhashable_entries, write_text
+from faclip.index import AUTO, check_factory
 from faclip.params import load_params
 
 logger = logging.getLogger("stages.check_params")
@@ -48,10 +51,13 @@ def check_data_root(root: Path) -> None:
     if bad:
         bad = _not_ignored_by_dvc(bad)
     if bad:
-        shown = "; ".join(f"{path} ({what})" for path, what in bad[:SHOWN]) + (f"; and {len(bad) - SHOWN} more" if len(bad) > SHOWN else "")
+        shown = "; ".join(f"{escaped_path(path)} ({what})" for path, what in bad[:SHOWN]) + \
+            (f"; and {len(bad) - SHOWN} more" if len(bad) > SHOWN else "")
+        rename = f"; {NON_UTF8_FIX.replace('<folder>', shlex.quote(str(root)))}" \
+            if any(what == NON_UTF8_NAME for _, what in bad) else ""
         raise FaclipError(f"data.root holds {len(bad)} entr{'y' if len(bad) == 1 else 'ies'} that DVC cannot hash "
                           f"(it would hang or fail on them): {shown}; remove them, or (inside the repository) "
-                          f"list them in .dvcignore")
+                          f"list them in .dvcignore{rename}")
 
 
 def main(argv=None):
@@ -61,6 +67,8 @@ def main(argv=None):
 
     params = load_params()  # every key: unknown ones and bad values are one-line errors
     check_data_root(Path(params.data.root))
+    if params.index.factory != AUTO:  # auto builds only factories faclip knows; a given one may crash FAISS
+        check_factory(params.index.factory, params.index.nprobe, params.index.efSearch)
     write_text(args.out, PASSED)
     logger.info("params.yaml is valid and data.root can be hashed")
 

@@ -271,8 +271,11 @@ def test_a_given_knob_is_used_and_one_for_another_index_is_an_error():
 def test_load_index_applies_the_manifests_search_params(built, tmp_path):
     from faclip.index import tune_index
 
-    index_dir, model_dir, docstore_path = built
-    ids = load_docstore(docstore_path)["id"].tolist() * 80  # 400 rows (ids may repeat: only the count matters)
+    index_dir, model_dir, _ = built
+    ids = [f"{i:016x}" for i in range(400)]  # IVF16 trains on 400 rows: a docstore of 400 passages
+    docstore_path = tmp_path / "docstore400.parquet"
+    pd.DataFrame({"id": ids, "food_id": "a", "title": "A", "passage_text": [f"متن {i}" for i in range(400)]}).to_parquet(
+        docstore_path, index=False)
     passages = unit_vectors(400)
     index = build_index(passages, "IVF16,Flat")
     facts = tune_index(index, passages, None, recall_target=None, nprobe=5)
