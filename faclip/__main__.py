@@ -1,21 +1,22 @@
-"""`python -m faclip search --image PHOTO | --text "…" [--k 5] [--json]`: passages for a photo or a text.
+"""`faclip search --image PHOTO | --text "…" [--k 5] [--json]`: passages for a photo or a text.
 
-`python -m faclip serve [--host 127.0.0.1] [--port 8000]`: the same search as a JSON service and a web page.
+`faclip serve [--host 127.0.0.1] [--port 8000]`: the same search as a JSON service and a web page.
+`faclip plots [--rev REV ...]`: every plot of dvc.yaml as one offline HTML page.
+
+Only argparse and faclip's light modules load until a command runs, so `--help` and a bad argument
+answer at once; torch, transformers, FAISS and pandas load with the command that needs them.
 """
 
 import argparse
+import math
 import os
 import sys
 
 # Idle OpenMP threads sleep instead of spinning (BENCHMARKS.md): read when torch loads, so set before it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import transformers
-
-from faclip.encode import load_rgb
+from faclip.artifacts import DEFAULT_DOCSTORE, DEFAULT_INDEX, DEFAULT_MODEL, DEFAULT_VISION
 from faclip.errors import FaclipError, run_main
-from faclip.search import (DEFAULT_DOCSTORE, DEFAULT_INDEX, DEFAULT_MODEL, DEFAULT_VISION, Retriever, check_text_query,
-                           format_hits)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,6 +40,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                        help="let a web page on ORIGIN (e.g. http://localhost:3000) call the API; repeatable")
     add_artifact_arguments(serve)
+    plots = commands.add_parser("plots", help="draw every plot of dvc.yaml into one offline HTML page (inline SVG)")
+    plots.add_argument("--rev", action="append", default=[], metavar="REV",
+                       help="compare the workspace with a commit, branch, tag or experiment name; repeatable "
+                            "(default: the workspace alone)")
+    plots.add_argument("--out", default=None, metavar="HTML",
+                       help="the page to write (default plots/index.html; an existing file under docs/ is "
+                            "overwritten only with --force)")
+    plots.add_argument("--force", action="store_true", help="overwrite --out even when it is under docs/")
     return parser
 
 
@@ -49,16 +58,37 @@ def add_artifact_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--docstore", default=DEFAULT_DOCSTORE, help=f"docstore (default {DEFAULT_DOCSTORE})")
 
 
+# Every number the CLI takes: (option, lowest valid value, highest or None, what to give instead).
+NUMBERS = {
+    "k": ("--k", 1, None, "ask for at least 1 passage"),
+    "per_dish": ("--per-dish", 1, None, "keep at least 1 passage per dish, or leave it out"),
+    "port": ("--port", 1, 65535, "give a TCP port from 1 to 65535, e.g. 8000"),
+    "threads": ("--threads", 1, None, "give at least 1 thread, or leave it out for all cores"),
+    "max_upload_mb": ("--max-upload-mb", 1e-6, None, "give a positive size in MB, e.g. 10"),
+}
+
+
+def check_numbers(args: argparse.Namespace) -> None:
+    """A number out of range (or nan / inf) is one line before anything heavy loads."""
+    for name, (option, low, high, fix) in NUMBERS.items():
+        value = getattr(args, name, None)
+        if value is None:
+            continue
+        if not math.isfinite(value) or value < low or (high is not None and value > high):
+            raise FaclipError(f"{option} {value:g} is invalid; {fix}")
+
+
 def search_command(args: argparse.Namespace) -> None:
+    import transformers
+
+    from faclip.encode import load_rgb
+    from faclip.search import Retriever, check_text_query, format_hits
+
     # A bad query fails before the models load (seconds for a real model), not after.
     if args.image is not None:
         load_rgb(args.image)
     else:
         check_text_query(args.text)
-    if args.k < 1:
-        raise FaclipError(f"--k {args.k} is invalid; ask for at least 1 passage")
-    if args.per_dish is not None and args.per_dish < 1:
-        raise FaclipError(f"--per-dish {args.per_dish} is invalid; keep at least 1 passage per dish, or leave it out")
     transformers.utils.logging.disable_progress_bar()  # the CLI's output is the hits, not loading bars
     retriever = Retriever(args.model, args.vision, args.index, args.docstore)
     # The photo goes in by path, so the Retriever decodes it as `embed` decodes (a JPEG at reduced size).
@@ -70,6 +100,8 @@ def search_command(args: argparse.Namespace) -> None:
 
 
 def serve_command(args: argparse.Namespace) -> None:
+    import transformers
+
     from faclip.serve import serve  # FastAPI and uvicorn load only for this command
 
     transformers.utils.logging.disable_progress_bar()
@@ -78,11 +110,25 @@ def serve_command(args: argparse.Namespace) -> None:
           cors_origins=tuple(args.cors_origin))
 
 
+def plots_command(args: argparse.Namespace) -> None:
+    from faclip.plots import write_plots_page
+
+    out = write_plots_page(revs=args.rev, out=args.out, force=args.force)
+    print(f"wrote {out}")
+
+
+COMMANDS = {"search": search_command, "serve": serve_command, "plots": plots_command}
+
+
 def main(argv=None) -> None:
-    """CLI entry point (`python -m faclip`, or the `faclip` script): a FaclipError is one line, exit 2."""
+    """CLI entry point (`faclip`, or `python -m faclip`): a FaclipError is one line, exit 2."""
     args = build_parser().parse_args(argv)
-    command = {"search": search_command, "serve": serve_command}[args.command]
-    run_main(lambda: command(args))
+
+    def command() -> None:
+        check_numbers(args)
+        COMMANDS[args.command](args)
+
+    run_main(command)
 
 
 if __name__ == "__main__":

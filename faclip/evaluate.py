@@ -211,6 +211,17 @@ def _rounded(metrics: dict) -> dict:
             for k, v in metrics.items()}
 
 
+def headline(metrics: dict) -> dict:
+    """The few figures experiments are compared on (`metrics/headline.json`, what `dvc exp show` leads with):
+    the fine-tuned model's image->passage recall@k and MRR, its zero-shot acc@1, and its share of the
+    ceiling's recall at the first k."""
+    image_to_text = metrics["finetuned"]["image_to_text"]
+    shares = {key: value for key, value in metrics["ceiling"].items() if key.startswith("finetuned_share_of_")}
+    return {**{f"image_to_passage_{key}": value for key, value in image_to_text.items() if key != "ndcg@10"},
+            **{key.replace("finetuned_share_of_", "share_of_ceiling_"): value for key, value in shares.items()},
+            "zero_shot_acc@1": metrics["zero_shot"]["finetuned"]["acc@1"]}
+
+
 @dataclass(frozen=True)
 class EvalResult:
     metrics: dict  # {"finetuned", "base", "ceiling", "gain", "chance", "zero_shot", "index", "counts"}

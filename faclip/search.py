@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from faclip.artifacts import DEFAULT_DOCSTORE, DEFAULT_INDEX, DEFAULT_MODEL, DEFAULT_VISION
 from faclip.encode import ImageSource, decode_min_side, encode_images, encode_texts, load_rgb, pick_device
 from faclip.errors import FaclipError
 from faclip.files import sha256_dir
@@ -29,10 +30,6 @@ from faclip.text import normalize_text
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "models/finetuned"
-DEFAULT_VISION = "models/base/vision"
-DEFAULT_INDEX = "models/index"
-DEFAULT_DOCSTORE = "data/docstore.parquet"
 EMPTY_TEXT = 'the text query is empty; give a few words, e.g. --text "قورمه سبزی"'
 
 

@@ -2,7 +2,8 @@
 
 Outputs: --metrics json {finetuned, base, ceiling, gain, chance: {image_to_text, text_to_image: {recall@k,
 mrr, ndcg@10}}, ceiling.finetuned_share_of_recall@k, zero_shot: {finetuned, base: {acc@1, acc@5,
-mean_per_class_recall}}, index: {recall_vs_exact@10}, counts}; --plots folder with recall_at_k.csv
+mean_per_class_recall}}, index: {recall_vs_exact@10}, counts}; --headline json: the few of them experiments
+are compared on (`faclip.evaluate.headline`, the only file dvc.yaml declares as metrics); --plots folder with recall_at_k.csv
 (k, finetuned, base, ceiling) and per_dish.csv (food_id, test_images, <model>_recall@1), image->passage.
 Params: eval.k.
 """
@@ -11,7 +12,7 @@ import argparse
 import logging
 
 from faclip.errors import run_main
-from faclip.evaluate import run_evaluation
+from faclip.evaluate import headline, run_evaluation
 from faclip.files import atomic_dir, write_json
 from faclip.params import load_params
 
@@ -27,6 +28,7 @@ def main(argv=None):
     parser.add_argument("--pairs", required=True)
     parser.add_argument("--image-embeddings", required=True)
     parser.add_argument("--metrics", required=True)
+    parser.add_argument("--headline", required=True, help="the headline metrics json (what `dvc exp show` shows)")
     parser.add_argument("--plots", required=True)
     args = parser.parse_args(argv)
 
@@ -40,6 +42,7 @@ def main(argv=None):
 
     # 3. write metrics and plot tables
     write_json(args.metrics, result.metrics)
+    write_json(args.headline, headline(result.metrics))
     with atomic_dir(args.plots) as tmp:
         result.recall_at_k.to_csv(tmp / "recall_at_k.csv", index=False, lineterminator="\n")
         result.per_dish.to_csv(tmp / "per_dish.csv", index=False, lineterminator="\n")

@@ -3,6 +3,8 @@
 import json
 import os
 import random
+import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -79,3 +81,74 @@ def tiny_model_dirs(tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("tiny_models")
     materialise_base("tiny", "tiny", dishes_corpus, root / "text", root / "vision")
     return root / "text", root / "vision"
+
+
+# --- the end-to-end repo, built once per test run ---------------------------------------------------
+# `dvc repro` of the whole pipeline takes minutes on 2 cores: it runs once per test run (once in all,
+# under pytest-xdist too: the first worker builds it under a lock, the others wait and reuse it), and
+# each test changes a private copy of it (repo_utils.private_copy).
+
+E2E_EPOCHS = 2  # the e2e tests' repo trains this many epochs, not params.yaml's: every rerun of train is short
+
+
+def _shared_dir(tmp_path_factory) -> Path:
+    """A folder every xdist worker of this run sees (the session's own base temp without xdist)."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "e2e"
+
+
+def _build_once(tmp_path_factory, name: str, build) -> dict:
+    """Run `build(folder) -> dict` once per test run under a file lock; every caller gets its result."""
+    from filelock import FileLock  # a DVC dependency
+
+    shared = _shared_dir(tmp_path_factory)
+    shared.mkdir(parents=True, exist_ok=True)
+    done = shared / f"{name}.json"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not done.exists():
+            folder = shared / name
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            done.write_text(json.dumps(build(folder)), encoding="utf-8")
+    return json.loads(done.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="session")
+def fresh_repro(tmp_path_factory) -> tuple[Path, str, str]:
+    """What a user gets from a fresh clone + `dvc repro` with the committed params:
+    (repo, `git status --porcelain`, `dvc status --json`). Read it; copy it to change it."""
+    from repo_utils import STAGES, copy_repo, dvc, git, ran_stages
+
+    def build(folder: Path) -> dict:
+        repo = copy_repo(folder / "repo")
+        result = dvc(repo, "repro")
+        # Every stage with an output in the DVC cache runs; check_params and evaluate keep all their outputs
+        # in git (cache: false), so with the same inputs DVC may skip them: force evaluate once more, so the
+        # committed metrics are checked against a real run too.
+        assert set(STAGES) - {"check_params", "evaluate"} <= ran_stages(result.stdout), result.stdout
+        dvc(repo, "repro", "--force", "--single-item", "evaluate")
+        return {"repo": str(repo), "git_status": git(repo, "status", "--porcelain").stdout,
+                "dvc_status": dvc(repo, "status", "--json").stdout}
+
+    built = _build_once(tmp_path_factory, "fresh", build)
+    return Path(built["repo"]), built["git_status"], built["dvc_status"]
+
+
+@pytest.fixture(scope="session")
+def built_repo(fresh_repro, tmp_path_factory) -> Path:
+    """The fresh repro, retrained at E2E_EPOCHS epochs and committed (the DVC cache holds every output of
+    both runs). Tests must not change it: take a private copy."""
+    from repo_utils import dvc, git, private_copy
+
+    def build(folder: Path) -> dict:
+        repo = private_copy(fresh_repro[0], folder)
+        path = repo / "params.yaml"
+        text, count = re.subn(r"(?m)^epochs:.*$", f"epochs: {E2E_EPOCHS}", path.read_text(encoding="utf-8"))
+        assert count == 1, "params.yaml has no top-level `epochs:` line"
+        path.write_text(text, encoding="utf-8")
+        dvc(repo, "repro")
+        git(repo, "add", "-A")
+        git(repo, "commit", "-qm", f"pipeline run, {E2E_EPOCHS} epochs", "--allow-empty")
+        return {"repo": str(repo)}
+
+    return Path(_build_once(tmp_path_factory, "built", build)["repo"])

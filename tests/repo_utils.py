@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+STAGES = ["check_params", "prepare", "base", "embed", "train", "index", "evaluate"]
 GIT_ENV = {"GIT_AUTHOR_NAME": "faclip-tests", "GIT_AUTHOR_EMAIL": "tests@faclip.invalid",
            "GIT_COMMITTER_NAME": "faclip-tests", "GIT_COMMITTER_EMAIL": "tests@faclip.invalid"}
 
@@ -61,3 +62,8 @@ def private_copy(repo: Path, tmp_path: Path) -> Path:
     dest = tmp_path / "repo"
     shutil.copytree(repo, dest, symlinks=True)
     return dest
+
+
+def ran_stages(output: str) -> set[str]:
+    """Stages `dvc repro` ran (not skipped), from its log lines."""
+    return {s for s in STAGES if f"Running stage '{s}'" in output}

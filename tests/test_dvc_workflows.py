@@ -14,11 +14,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from repo_utils import REPO, copy_repo, dvc, git, private_copy, run, tool_env
+from repo_utils import REPO, STAGES, dvc, git, private_copy, ran_stages, run, tool_env
 
 pytestmark = pytest.mark.e2e
 
-STAGES = ["check_params", "prepare", "base", "embed", "train", "index", "evaluate"]
 # Outputs a remote must restore byte for byte (persisted ones included).
 OUTPUTS = ["data/docstore.parquet", "data/training_pairs.csv", "data/prepare_skips.csv", "data/image_embeddings",
            "data/embed_cache", "models/base/text", "models/base/vision", "models/finetuned", "models/checkpoints",
@@ -38,11 +37,6 @@ def set_params(repo: Path, **changes) -> None:
     path.write_text(yaml.safe_dump(params, allow_unicode=True, sort_keys=False), encoding="utf-8")
 
 
-def ran_stages(output: str) -> set[str]:
-    """Stages `dvc repro` ran (not skipped), from its log lines."""
-    return {s for s in STAGES if f"Running stage '{s}'" in output}
-
-
 def tree_digest(path: Path) -> str:
     digest = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
@@ -58,28 +52,6 @@ def digests(repo: Path) -> dict[str, str]:
 def assert_status_clean(repo: Path) -> None:
     status = dvc(repo, "status", "--json").stdout
     assert json.loads(status or "{}") == {}, status
-
-
-@pytest.fixture(scope="session")
-def fresh_repro(tmp_path_factory) -> tuple[Path, str, str]:
-    """What a user gets from a fresh clone + `dvc repro`: (repo, `git status --porcelain`, `dvc status --json`)."""
-    repo = copy_repo(tmp_path_factory.mktemp("built") / "repo")
-    result = dvc(repo, "repro")
-    # Every stage with an output in the DVC cache runs; check_params and evaluate keep all their outputs
-    # in git (cache: false), so with the same inputs DVC may skip them: force evaluate once more, so the
-    # committed metrics are checked against a real run too.
-    assert set(STAGES) - {"check_params", "evaluate"} <= ran_stages(result.stdout), result.stdout
-    dvc(repo, "repro", "--force", "--single-item", "evaluate")
-    return repo, git(repo, "status", "--porcelain").stdout, dvc(repo, "status", "--json").stdout
-
-
-@pytest.fixture(scope="session")
-def built_repo(fresh_repro) -> Path:
-    """A copy of the repo with the whole pipeline run once and committed (the DVC cache holds every output)."""
-    repo = fresh_repro[0]
-    git(repo, "add", "-A")
-    git(repo, "commit", "-qm", "pipeline run", "--allow-empty")
-    return repo
 
 
 def test_fresh_clone_repro_reproduces_every_committed_output_bit_for_bit(fresh_repro):
@@ -167,11 +139,35 @@ def test_exp_run_set_param_then_metrics_diff(repo):
     shown = json.dumps(json.loads(dvc(repo, "exp", "show", "--json").stdout))
     assert "three-epochs" in shown and "hnsw" in shown and "HNSW32" in shown
     dvc(repo, "exp", "apply", "three-epochs")
-    diff = json.loads(dvc(repo, "metrics", "diff", "--json").stdout)
+    # `dvc metrics diff` leads with the headline; the full figures are one --targets away.
+    headline = json.loads(dvc(repo, "metrics", "diff", "--json").stdout)
+    assert list(headline) == ["metrics/headline.json"] and "image_to_passage_recall@5" in headline[
+        "metrics/headline.json"], headline
+    diff = json.loads(dvc(repo, "metrics", "diff", "--json", "--targets", "metrics/train.json").stdout)
     assert "metrics/train.json" in diff and "epochs" in diff["metrics/train.json"], diff
     assert diff["metrics/train.json"]["epochs"]["new"] == 3
     plots = dvc(repo, "plots", "diff", "--json")
     assert plots.returncode == 0
+
+
+def exp_show_columns(repo: Path, *options: str) -> list[str]:
+    """The column names `dvc exp show` prints (its CSV header: the table's columns, plus rev and typ)."""
+    header = dvc(repo, "exp", "show", "--csv", *options).stdout.splitlines()[0]
+    return [name for name in header.split(",") if name not in ("rev", "typ")]
+
+
+def test_exp_show_leads_with_the_headline_and_fits_a_screen(repo):
+    # The README's words: two experiments, one on epochs, one on the learning rate, then --only-changed.
+    dvc(repo, "exp", "run", "-n", "more-epochs", "-S", "epochs=3")
+    dvc(repo, "exp", "run", "-n", "slower", "-S", "epochs=2", "-S", "learning_rate=0.0005")
+    columns = exp_show_columns(repo, "--only-changed")
+    assert len(columns) <= 30, columns
+    assert "image_to_passage_recall@1" in columns[:10], columns
+    assert {"epochs", "learning_rate", "zero_shot_acc@1", "share_of_ceiling_recall@1"} <= set(columns), columns
+    # Without --only-changed too, the headline comes before any param, and no data count is a column.
+    everything = exp_show_columns(repo)
+    assert everything.index("image_to_passage_recall@1") < 10, everything
+    assert not [name for name in everything if name.endswith(("pairs", "images", "dishes", "passages"))], everything
 
 
 def test_exp_run_positives_image_then_metrics_diff_shows_what_the_original_objective_costs(repo):
@@ -179,7 +175,8 @@ def test_exp_run_positives_image_then_metrics_diff_shows_what_the_original_objec
     assert ran_stages(result.stdout) == {"check_params", "train", "index", "evaluate"}, result.stdout
     shown = json.dumps(json.loads(dvc(repo, "exp", "show", "--json").stdout))
     assert "by-image" in shown and '"positives": "image"' in shown
-    diffs = json.loads(dvc(repo, "metrics", "diff", "--json").stdout)
+    diffs = json.loads(dvc(repo, "metrics", "diff", "--json", "--targets", "metrics/train.json",
+                           "metrics/eval.json").stdout)
     assert "loss" in diffs["metrics/train.json"], diffs  # another objective: another model
     diff = diffs["metrics/eval.json"]
     assert [key for key in diff if key.startswith(("finetuned.", "zero_shot.finetuned."))], diff
@@ -202,9 +199,41 @@ def push_then_pull_into_a_clone(repo: Path, tmp_path: Path) -> None:
     assert_status_clean(clone)
 
 
-def test_push_pull_local_remote_restores_every_output(repo, tmp_path):
-    dvc(repo, "remote", "add", "-d", "store", str(tmp_path / "remote"))
-    push_then_pull_into_a_clone(repo, tmp_path)
+def readme_block(first_line: str) -> str:
+    """The README's runnable block that starts with `first_line`, as written."""
+    from test_readme import BLOCKS
+
+    bodies = [body for _, _, body, _ in BLOCKS if body.startswith(first_line)]
+    assert len(bodies) == 1, f"README has {len(bodies)} blocks starting {first_line!r}"
+    return bodies[0]
+
+
+def bash(cwd: Path, script: str) -> str:
+    cwd.mkdir(parents=True, exist_ok=True)
+    result = run(cwd, "bash", "-euo", "pipefail", "-c", script)
+    return result.stdout + result.stderr
+
+
+def test_push_and_pull_as_the_readme_says(repo, tmp_path):
+    # README, "Sharing artifacts": its words, with a temp folder for the shared disk and this repo for the URL.
+    share = readme_block("dvc remote add -d store").replace("/mnt/shared/faclip-store", str(tmp_path / "store"))
+    clone = readme_block("git clone ").replace("https://example.com/you/faclip.git", str(repo))
+    experiment = readme_block("dvc exp run -n ")
+    bash(repo, share)
+    assert git(repo, "status", "--porcelain").stdout == ""  # the remote is committed: a clone has it
+    for step in ("pipeline", "experiment"):
+        if step == "experiment":
+            bash(repo, experiment)
+            assert git(repo, "status", "--porcelain").stdout == ""  # the experiment is the commit now
+        expected = digests(repo)
+        # A clone's pull brings back every output byte for byte; no "Everything is up to date." + ERROR.
+        output = bash(tmp_path / step, clone)
+        assert "ERROR" not in output, output
+        cloned = tmp_path / step / "faclip"
+        assert digests(cloned) == expected, step
+        assert_status_clean(cloned)
+        assert (cloned / "params.yaml").read_bytes() == (repo / "params.yaml").read_bytes()
+    assert "learning_rate: 0.0005" in (repo / "params.yaml").read_text(encoding="utf-8")
 
 
 def free_port() -> int:

@@ -255,7 +255,7 @@ def stage_inputs(tmp_path, tiny_model_dirs, monkeypatch):
     build_passage_index(text_dir, tmp_path / "docstore.parquet", tmp_path / "index", factory="Flat", device="cpu")
     return ["--index", "index", "--model", str(text_dir), "--base-text", str(text_dir), "--docstore",
             "docstore.parquet", "--pairs", "pairs.csv", "--image-embeddings", "image_embeddings",
-            "--metrics", "metrics/eval.json", "--plots", "metrics/eval_plots"]
+            "--metrics", "metrics/eval.json", "--headline", "metrics/headline.json", "--plots", "metrics/eval_plots"]
 
 
 def load_stage():
@@ -278,6 +278,13 @@ def test_stage_writes_nested_metrics_and_plot_tables(stage_inputs, tmp_path):
     # 'finetuned' and 'base' are the same model here: the index path must equal exact search, gain 0.
     assert metrics["finetuned"] == metrics["base"]
     assert all(v == 0 for d in metrics["gain"].values() for v in d.values())
+    # The headline (what `dvc exp show` leads with) repeats the figures experiments are compared on.
+    image_to_text, share = metrics["finetuned"]["image_to_text"], next(
+        (k, v) for k, v in metrics["ceiling"].items() if k.startswith("finetuned_share_of_"))
+    assert json.loads((tmp_path / "metrics/headline.json").read_text()) == {
+        "image_to_passage_recall@1": image_to_text["recall@1"], "image_to_passage_recall@3": image_to_text["recall@3"],
+        "image_to_passage_mrr": image_to_text["mrr"], share[0].replace("finetuned_share_of_", "share_of_ceiling_"): share[1],
+        "zero_shot_acc@1": metrics["zero_shot"]["finetuned"]["acc@1"]}
     assert metrics["counts"] == {"test_images": 8, "passages": 8, "test_dishes": 4, "dishes": 4,
                                  "dishes_without_train_images": 0}
     ceiling = metrics["ceiling"]

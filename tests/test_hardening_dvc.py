@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from repo_utils import copy_repo, dvc, git, private_copy, tool_env
-from test_dvc_workflows import STAGES, ran_stages, tree_digest
+from repo_utils import STAGES, copy_repo, dvc, git, private_copy, ran_stages, tool_env
+from test_dvc_workflows import tree_digest
 
 pytestmark = pytest.mark.e2e
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.e2e
 # (metrics/params.checked is not among them: it is the gate's own output, and a failed check removes it.)
 KEPT = ["data/docstore.parquet", "data/training_pairs.csv", "data/prepare_skips.csv", "data/image_embeddings",
         "models/base/text", "models/base/vision", "models/finetuned", "models/index", "metrics/prepare.json",
-        "metrics/train.json", "metrics/train", "metrics/eval.json", "metrics/eval_plots"]
+        "metrics/train.json", "metrics/train", "metrics/eval.json", "metrics/headline.json", "metrics/eval_plots"]
 
 
 def edit_params(repo: Path, key: str, line: str) -> None:

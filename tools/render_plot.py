@@ -3,15 +3,16 @@
     python tools/render_plot.py "image-to-passage recall@k, finetuned vs base vs ceiling" docs/recall_at_k.svg
 
 Takes the Vega-Lite spec `dvc plots show --json` writes for the plot (data inlined) and renders it
-with vl-convert (`pip install vl-convert-python`). DVC's template colours lines by revision and dashes
-them by field; a committed picture shows one revision, so lines are coloured by field instead.
+with vl-convert (in requirements.txt), as `faclip plots` does for every plot. DVC's template colours
+lines by revision and dashes them by field; a committed picture shows one revision, so lines are
+coloured by field instead. An existing file is overwritten only with --force.
 """
 
 import argparse
-import json
-import subprocess
-import sys
 from pathlib import Path
+
+from faclip.errors import FaclipError, run_main
+from faclip.plots import plot_specs, to_svg
 
 
 def recolour_by_field(node, fields: list[str], y_title: str) -> None:
@@ -38,16 +39,19 @@ def main(argv=None):
     parser.add_argument("out", type=Path, help="the .svg to write")
     parser.add_argument("--repo", type=Path, default=Path("."))
     parser.add_argument("--y-title", default="image → passage recall@k")
+    parser.add_argument("--force", action="store_true", help="overwrite OUT if it exists (say, a picture in docs/)")
     args = parser.parse_args(argv)
-    import vl_convert
+    run_main(lambda: render(args))
 
-    shown = subprocess.run([sys.executable, "-m", "dvc", "plots", "show", "--json", args.plot], cwd=args.repo,
-                           capture_output=True, text=True, check=True).stdout
-    spec = json.loads(shown)["data"][args.plot][0]["content"]
+
+def render(args: argparse.Namespace) -> None:
+    if args.out.exists() and not args.force:
+        raise FaclipError(f"{args.out} exists; add --force to overwrite it, or name another file")
+    spec = plot_specs(repo=args.repo, plot=args.plot)[args.plot][0]
     fields = list(dict.fromkeys(row["field"] for row in spec["data"]["values"]))
     recolour_by_field(spec, fields, args.y_title)
     spec["width"], spec["height"] = 380, 240
-    args.out.write_text(vl_convert.vegalite_to_svg(spec), encoding="utf-8")
+    args.out.write_text(to_svg(spec), encoding="utf-8")
     print(f"wrote {args.out}")
 
 

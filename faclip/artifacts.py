@@ -1,0 +1,9 @@
+"""Where `dvc repro` puts what search and serve read (the outs of dvc.yaml): the CLI's defaults.
+
+Its own module, free of heavy imports, so `faclip --help` can name them without loading torch.
+"""
+
+DEFAULT_MODEL = "models/finetuned"
+DEFAULT_VISION = "models/base/vision"
+DEFAULT_INDEX = "models/index"
+DEFAULT_DOCSTORE = "data/docstore.parquet"
