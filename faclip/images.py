@@ -57,12 +57,12 @@ class ImageRefused(FaclipError):
 
     def __init__(self, name: str, kind: str, detail: str):
         if kind in ("too_large", "extreme_aspect"):
-            message = f"cannot use image {name}: {detail}; crop or shrink it"
+            fix = "crop or shrink it"
         elif kind == "corrupt":
-            message = f"cannot read image {name}: {detail}; {FORMATS_HINT}"
+            fix = FORMATS_HINT
         else:  # what files.read_regular_file refuses
-            message = f"cannot read image {name}: {detail}; give the path of a regular image file"
-        super().__init__(message)
+            fix = "give the path of a regular image file"
+        super().__init__(f"cannot read image {name}: {detail}; {fix}")
         self.kind, self.detail = kind, detail
 
 
