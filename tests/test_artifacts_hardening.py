@@ -268,3 +268,13 @@ def test_image_embeddings_with_non_finite_values_or_a_boolean_count_are_damaged(
     assert sha256_file(tmp_path / "one/embeddings.npy") == manifest["sha256"]["embeddings.npy"]
     with pytest.raises(DamagedEmbeddings, match="lacks count"):
         load_image_embeddings(tmp_path / "one")
+
+
+def test_a_manifest_whose_count_or_dim_is_not_the_index_files_is_refused(built):  # noqa: F811
+    from faclip.index import load_index
+
+    index_dir, model_dir, docstore_path = built
+    edit_manifest(index_dir, lambda m: m.update(dim=m["dim"] * 2))
+    with pytest.raises(FaclipError, match="the index holds 5 of dim 32.*dvc repro index") as err:
+        load_index(index_dir, model_dir, docstore_path)
+    one_line(err)
