@@ -109,8 +109,8 @@ def load_image_embeddings(path: str | Path) -> ImageEmbeddings:
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise DamagedEmbeddings(path, f"{MANIFEST} does not parse: {type(err).__name__}") from None
     expected = manifest.get("sha256") if isinstance(manifest, dict) else None
-    if not isinstance(expected, dict) or not all(isinstance(manifest.get(k), t) for k, t in
-                                                 (("count", int), ("dim", int), ("vision_sha256", str))):
+    if not isinstance(expected, dict) or not all(isinstance(manifest.get(k), t) and not isinstance(manifest.get(k), bool)
+                                                 for k, t in (("count", int), ("dim", int), ("vision_sha256", str))):
         raise DamagedEmbeddings(path, f"{MANIFEST} lacks count, dim, vision_sha256 or the files' sha256")
     for name in (VECTORS, SHAS):
         try:
@@ -128,6 +128,8 @@ def load_image_embeddings(path: str | Path) -> ImageEmbeddings:
             or vectors.dtype != np.float32 or shas != sorted(set(shas)):
         raise DamagedEmbeddings(path, f"{vectors.shape} {vectors.dtype} vectors and {len(shas)} shas for a "
                                       f"manifest of {manifest['count']} x {manifest['dim']}")
+    if not np.isfinite(vectors).all():  # a NaN row would score nothing, silently
+        raise DamagedEmbeddings(path, f"{VECTORS} holds NaN or infinite values")
     return ImageEmbeddings(shas, vectors, manifest["vision_sha256"])
 
 

@@ -406,6 +406,9 @@ def load_index(index_dir: str | Path, model_dir: str | Path, docstore_path: str 
     """Load the FAISS index after `check_manifest`: (index, manifest)."""
     manifest = check_manifest(index_dir, model_dir, docstore_path)
     index = faiss.read_index(str(Path(index_dir) / INDEX_FILE))
+    if (index.ntotal, index.d) != (manifest["count"], manifest["dim"]):
+        raise FaclipError(f"{Path(index_dir) / MANIFEST_FILE} says {manifest['count']} passages of dim {manifest['dim']}, "
+                          f"the index holds {index.ntotal} of dim {index.d}; {REBUILD}")
     set_search_params(index, manifest.get("search_params", {}))  # the knob the index stage chose, in every reader
     return index, manifest
 

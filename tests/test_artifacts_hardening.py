@@ -245,3 +245,36 @@ def test_a_non_finite_loss_stops_training_in_one_line(inputs, tmp_path, monkeypa
         train_text_encoder(**inputs.kwargs(tmp_path), params=FAST)
     assert "the training loss became nan at step 3 (epoch 1" in one_line(err) and "lower learning_rate" in str(err.value)
     assert not (tmp_path / "checkpoints/last").exists()  # stopped within the first epoch: nothing saved
+
+
+# --- the image embeddings store ----------------------------------------------------------------------
+
+
+def test_image_embeddings_with_non_finite_values_or_a_boolean_count_are_damaged(tmp_path):
+    import numpy as np
+
+    from faclip.embed import DamagedEmbeddings, ImageEmbeddings, load_image_embeddings, save_image_embeddings
+    from faclip.files import sha256_file
+
+    vectors = np.eye(2, 4, dtype=np.float32)
+    vectors[1, 2] = np.nan  # as a diverged vision model (or a hand edit with the sha256 redone) leaves it
+    save_image_embeddings(tmp_path / "nan", ImageEmbeddings(["a" * 64, "b" * 64], vectors, "v"))
+    with pytest.raises(DamagedEmbeddings, match="NaN or infinite.*dvc checkout") as err:
+        load_image_embeddings(tmp_path / "nan")
+    one_line(err)
+    save_image_embeddings(tmp_path / "one", ImageEmbeddings(["a" * 64], np.eye(1, 4, dtype=np.float32), "v"))
+    manifest = json.loads((tmp_path / "one/manifest.json").read_text())
+    (tmp_path / "one/manifest.json").write_text(json.dumps({**manifest, "count": True}))
+    assert sha256_file(tmp_path / "one/embeddings.npy") == manifest["sha256"]["embeddings.npy"]
+    with pytest.raises(DamagedEmbeddings, match="lacks count"):
+        load_image_embeddings(tmp_path / "one")
+
+
+def test_a_manifest_whose_count_or_dim_is_not_the_index_files_is_refused(built):  # noqa: F811
+    from faclip.index import load_index
+
+    index_dir, model_dir, docstore_path = built
+    edit_manifest(index_dir, lambda m: m.update(dim=m["dim"] * 2))
+    with pytest.raises(FaclipError, match="the index holds 5 of dim 32.*dvc repro index") as err:
+        load_index(index_dir, model_dir, docstore_path)
+    one_line(err)
