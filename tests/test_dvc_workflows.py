@@ -157,9 +157,11 @@ def exp_show_columns(repo: Path, *options: str) -> list[str]:
 
 
 def test_exp_show_leads_with_the_headline_and_fits_a_screen(repo):
-    # The README's words: two experiments, one on epochs, one on the learning rate, then --only-changed.
-    dvc(repo, "exp", "run", "-n", "more-epochs", "-S", "epochs=3")
-    dvc(repo, "exp", "run", "-n", "slower", "-S", "epochs=2", "-S", "learning_rate=0.0005")
+    # README, "Working with DVC": two experiments, one on epochs, one on the learning rate, as written.
+    block = readme_block("dvc exp run -n epochs-30")
+    assert block.splitlines()[-1] == "dvc exp show --only-changed --md", block
+    shown = bash(repo, block)
+    assert "image_to_passage_recall@1" in shown.splitlines()[0], shown
     columns = exp_show_columns(repo, "--only-changed")
     assert len(columns) <= 30, columns
     assert "image_to_passage_recall@1" in columns[:10], columns
