@@ -16,6 +16,10 @@ paired with several dishes has all of them); for a passage, every test image of 
   image right when any dish it shows ranks within k, a tie counting against it; mean_per_class_recall
   averages acc@1 over the dishes with test images (an image counts for each dish it shows).
 - index.recall_vs_exact@10: the share of the exact top 10 that the configured index returns.
+- vqa (when the test split has questions): each (test photo, question) searches the index with the photo
+  alone, the question alone and the two together (`faclip.vqa`, weight vqa.photo_weight); the relevant
+  item is the exact passage the question was written for. recall@k, mrr, chance; the same sweep of the
+  weight over the train split's questions reports the weight that scores best there.
 The test set is `faclip.testset`'s (the one train reports recall on). Rankings come from FAISS (exact
 search = a Flat inner-product index), so exact score ties keep FAISS's order; mrr counts ranks up to
 MAX_DEPTH (all ranks whenever there are no more items than that). Memory grows with the pairs, never
@@ -38,8 +42,9 @@ from faclip.index import build_index, load_index, recall_vs_exact, search_hits
 from faclip.metrics import (NDCG_AT, chance_recall_at_k, mean_metrics, query_metrics,
                             rank_of_best_relevant)
 from faclip.models import check_same_vision, embed_passages, trained_max_len
-from faclip.tables import load_docstore, load_pairs
+from faclip.tables import load_docstore, load_pairs, load_questions
 from faclip.testset import TestSet, image_to_text_hits, load_test_set
+from faclip.vqa import DEFAULT_PHOTO_WEIGHT, combine_queries
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +53,7 @@ QUERY_CHUNK = 1024  # queries searched at once: their (chunk, depth) hits are al
 SCORE_BUDGET = 2**22  # (image, dish) scores held at once by zero-shot: 16 MiB of float32
 ZERO_SHOT_KS = (1, 5)
 RECALL_VS_EXACT_K = 10
+VQA_WEIGHTS = tuple(i / 20 for i in range(21))  # the photo weights swept on the train split: 0, 0.05, ..., 1
 
 
 def _scored(n_queries: int, hits_of: Callable[[int, int], np.ndarray], n_relevant: np.ndarray,
@@ -212,16 +218,85 @@ def _rounded(metrics: dict) -> dict:
 
 
 @dataclass(frozen=True)
+class VqaQueries:
+    """(photo, question) queries of one split, each with the index row of the passage it was written for."""
+
+    photo_emb: np.ndarray  # (Q, D) the photos' frozen vectors
+    questions: list[str]  # (Q,)
+    target: np.ndarray  # (Q,) index row of each question's passage
+
+
+def vqa_queries(questions: pd.DataFrame, split: str, passage_ids: list[str], embeddings: ImageEmbeddings) -> VqaQueries:
+    """The questions of `split` whose passage is in the index (rows `passage_ids`), with their photos' vectors."""
+    row = {passage_id: i for i, passage_id in enumerate(passage_ids)}
+    asked = questions[(questions["split"] == split) & questions["passage_id"].isin(row)]
+    if len(asked) < (questions["split"] == split).sum():
+        logger.warning("%d %s questions left out: their passage is not in the index",
+                       (questions["split"] == split).sum() - len(asked), split)
+    photo_emb = embeddings.lookup(asked["image_sha256"].tolist()) if len(asked) else np.zeros((0, embeddings.dim),
+                                                                                            np.float32)
+    return VqaQueries(photo_emb, asked["question"].tolist(),
+                      np.array([row[p] for p in asked["passage_id"]], dtype=np.int64))
+
+
+def exact_passage_metrics(index: faiss.Index, queries: np.ndarray, target: np.ndarray,
+                          ks: tuple[int, ...]) -> dict[str, float]:
+    """recall@k and mrr of queries (Q, D) whose one relevant item is index row `target` (Q,)."""
+    depth = max(MAX_DEPTH, *ks)
+
+    def hits_of(start: int, stop: int) -> np.ndarray:
+        rows = target[start:stop]
+        return search_hits(index, queries[start:stop], depth, lambda q, i: i == rows[q])  # (chunk, K)
+
+    metrics, _ = _scored(len(target), hits_of, np.ones(len(target), dtype=np.int64), ks, ndcg=False)
+    return metrics
+
+
+def evaluate_vqa(index: faiss.Index, test: VqaQueries, test_question_emb: np.ndarray, train: VqaQueries,
+                 train_question_emb: np.ndarray, ks: tuple[int, ...], photo_weight: float) -> tuple[dict, pd.DataFrame]:
+    """The `vqa` metrics (photo_only, question_only, together at `photo_weight`, chance, the train split's best
+    weight) and the train sweep table (photo_weight, recall@1, mrr)."""
+    n_passages = index.ntotal
+    metrics = {
+        "photo_weight": photo_weight,
+        "photo_only": exact_passage_metrics(index, test.photo_emb, test.target, ks),
+        "question_only": exact_passage_metrics(index, test_question_emb, test.target, ks),
+        "together": exact_passage_metrics(
+            index, combine_queries(test.photo_emb, test_question_emb, photo_weight), test.target, ks),
+        "chance": {f"recall@{k}": chance_recall_at_k(np.ones(len(test.target), np.int64), n_passages, k)
+                   for k in ks},
+    }
+    sweep = []
+    for weight in VQA_WEIGHTS if len(train.target) else ():
+        scored = exact_passage_metrics(index, combine_queries(train.photo_emb, train_question_emb, weight),
+                                       train.target, (1,))
+        sweep.append({"photo_weight": weight, "recall@1": scored["recall@1"], "mrr": scored["mrr"]})
+    sweep = pd.DataFrame(sweep, columns=["photo_weight", "recall@1", "mrr"])
+    if len(sweep):  # the best by mrr (then recall@1); a tie goes to the weight nearest the one in use
+        order = sweep.assign(gap=(sweep["photo_weight"] - photo_weight).abs())
+        best = order.sort_values(["mrr", "recall@1", "gap"], ascending=[False, False, True], kind="stable").iloc[0]
+        metrics["best_on_train"] = {"photo_weight": float(best["photo_weight"]), "recall@1": float(best["recall@1"]),
+                                    "mrr": float(best["mrr"])}
+    metrics["counts"] = {"test_questions": len(test.target), "train_questions": len(train.target)}
+    return metrics, sweep
+
+
+@dataclass(frozen=True)
 class EvalResult:
-    metrics: dict  # {"finetuned", "base", "ceiling", "gain", "chance", "zero_shot", "index", "counts"}
+    metrics: dict  # {"finetuned", "base", "ceiling", "gain", "chance", "zero_shot", "index", "counts", "vqa"?}
     recall_at_k: pd.DataFrame  # k, finetuned, base, ceiling: image->passage recall@k
     per_dish: pd.DataFrame  # food_id, test_images, finetuned_recall@1, base_recall@1, ceiling_recall@1
+    # k, photo_only, question_only, together, chance: (photo, question) -> its passage recall@k (no rows: no vqa)
+    vqa_recall_at_k: pd.DataFrame = None
+    vqa_photo_weight: pd.DataFrame = None  # photo_weight, recall@1, mrr over the train split's questions
 
 
 def run_evaluation(*, index_dir: str | Path, model_dir: str | Path, base_text_dir: str | Path,
                    docstore_path: str | Path, pairs_path: str | Path, image_embeddings_path: str | Path,
-                   ks: tuple[int, ...]) -> EvalResult:
-    """Evaluate the fine-tuned model (through its index), the base text model and the ceiling on the test split."""
+                   ks: tuple[int, ...], questions_path: str | Path | None = None,
+                   photo_weight: float = DEFAULT_PHOTO_WEIGHT) -> EvalResult:
+    """Evaluate the fine-tuned model (through its index), the base text model and the ceiling on the test split;
+    with `questions_path`, photo + question retrieval too (`vqa`, when the test split has questions)."""
     index, manifest = load_index(index_dir, model_dir, docstore_path)  # a stale index is an error
     passages = load_docstore(docstore_path).set_index("id").loc[manifest["passage_ids"]].reset_index()
     embeddings = load_image_embeddings(image_embeddings_path)
@@ -239,6 +314,10 @@ def run_evaluation(*, index_dir: str | Path, model_dir: str | Path, base_text_di
                 test_dishes)
     # The ceiling's centroids first: then the pairs and the image vectors (all of them) can go before encoding.
     centroids, has_centroid = dish_centroids(pairs, embeddings, test.dishes)
+    asked = {}
+    if questions_path is not None:
+        questions = load_questions(questions_path)
+        asked = {split: vqa_queries(questions, split, manifest["passage_ids"], embeddings) for split in ("test", "train")}
     del pairs, embeddings
 
     # 1. each text encoder: retrieval both ways, zero-shot against the dish titles
@@ -261,7 +340,16 @@ def run_evaluation(*, index_dir: str | Path, model_dir: str | Path, base_text_di
 
     classified["chance"] = zero_shot_chance(test, len(title_dish))
 
-    # 2. the ceiling: every passage at its dish's centroid of train-split image vectors
+    # 2. a photo and a question together, against each half alone (the exact passage is the relevant item)
+    vqa, vqa_sweep = None, pd.DataFrame(columns=["photo_weight", "recall@1", "mrr"])
+    if asked and len(asked["test"].target):
+        question_emb = {split: embed_passages(model_dir, queries.questions, max_len=max_len, progress=False)
+                        for split, queries in asked.items()}
+        vqa, vqa_sweep = evaluate_vqa(index, asked["test"], question_emb["test"], asked["train"],
+                                      question_emb["train"], ks, photo_weight)
+        logger.info("photo + question: %s", {key: vqa[key] for key in ("photo_only", "question_only", "together")})
+
+    # 3. the ceiling: every passage at its dish's centroid of train-split image vectors
     rows = np.flatnonzero(has_centroid[test.passage_dish])  # passages whose dish has train images
     without = int((~has_centroid[title_dish]).sum())
     if without:
@@ -276,9 +364,14 @@ def run_evaluation(*, index_dir: str | Path, model_dir: str | Path, base_text_di
         "chance": chance_metrics(test, ks), "zero_shot": classified, "index": index_metrics,
         "counts": {"test_images": len(test.image_sha256), "passages": len(passages), "test_dishes": test_dishes,
                    "dishes": len(title_dish), "dishes_without_train_images": without},
+        **({"vqa": vqa} if vqa is not None else {}),
     })
     # Wide (one column per model) so `dvc plots` draws every curve from one file.
     recall_rows = pd.DataFrame([{"k": k, **{model: metrics[model]["image_to_text"][f"recall@{k}"]
                                             for model in ("finetuned", "base", "ceiling")}} for k in ks])
     per_dish = per_dish_recall_at_1(test, top1).round(6)
-    return EvalResult(metrics=metrics, recall_at_k=recall_rows, per_dish=per_dish)
+    vqa_columns = ["photo_only", "question_only", "together", "chance"]
+    vqa_rows = pd.DataFrame([{"k": k, **{key: metrics["vqa"][key][f"recall@{k}"] for key in vqa_columns}}
+                             for k in ks] if vqa is not None else [], columns=["k", *vqa_columns])
+    return EvalResult(metrics=metrics, recall_at_k=recall_rows, per_dish=per_dish, vqa_recall_at_k=vqa_rows,
+                      vqa_photo_weight=vqa_sweep.round(6))

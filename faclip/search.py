@@ -1,12 +1,14 @@
-"""Passage retrieval for a photo or a text: the `Retriever` a RAG / VQA system imports, and the search CLI.
+"""Passage retrieval for a photo, a text, or both: the `Retriever` a RAG / VQA system imports, and the search CLI.
 
     from faclip.search import Retriever
     retriever = Retriever()                      # models/finetuned, models/base/vision, models/index, docstore
     for hit in retriever.by_image("kabab.jpg", k=5):
         print(hit.rank, hit.score, hit.food_id, hit.passage_text)
+    hits = retriever.ask("fesenjan.jpg", "این غذا چطور پخته می‌شود؟", k=5)   # a photo and a question
 
 Image queries are encoded by the frozen base vision model (the one the text model was tuned against),
-text queries by the fine-tuned text model; both are searched in the passage index.
+text queries by the fine-tuned text model; both are searched in the passage index. `ask` searches it
+with the two combined (`faclip.vqa`).
 """
 
 import dataclasses
@@ -26,6 +28,7 @@ from faclip.index import load_index, search
 from faclip.models import check_same_vision, load_text_model, load_vision_model, text_max_len
 from faclip.tables import load_docstore
 from faclip.text import normalize_text
+from faclip.vqa import DEFAULT_PHOTO_WEIGHT, check_photo_weight, combine_queries
 
 logger = logging.getLogger(__name__)
 
@@ -80,20 +83,37 @@ class Retriever:
     def by_image(self, image: ImageSource, k: int = 5, per_dish: int | None = None) -> list[Hit]:
         """The k passages closest to a photo (path, bytes or PIL image); at most `per_dish` per food_id."""
         check_k(k, per_dish)
-        with self._model_lock:
-            model, processor = self._vision
-        image = load_rgb(image, decode_min_side(processor))  # decoded as `embed` decodes; unreadable: one line
-        with self._model_lock:
-            query = encode_images(model, processor, [image])  # (1, D)
-        return self._search(query, k, per_dish)
+        return self._search(self._image_query(image), k, per_dish)
 
     def by_text(self, text: str, k: int = 5, per_dish: int | None = None) -> list[Hit]:
         """The k passages closest to a text query; at most `per_dish` per food_id."""
         check_k(k, per_dish)
         check_text_query(text)
-        with self._model_lock:
-            query = encode_texts(self.text_model, self.tokenizer, [text], max_len=self.max_len)  # (1, D)
+        return self._search(self._text_query(text), k, per_dish)
+
+    def ask(self, image: ImageSource, question: str, k: int = 5, per_dish: int | None = None,
+            photo_weight: float = DEFAULT_PHOTO_WEIGHT) -> list[Hit]:
+        """The k passages that best answer a question about a photo: ranked by
+        photo_weight·cos(photo, p) + (1 − photo_weight)·cos(question, p) (`faclip.vqa`); at most `per_dish`
+        per food_id. Each half is checked as `by_image` / `by_text` check it, the question first."""
+        check_k(k, per_dish)
+        check_text_query(question)
+        photo_weight = check_photo_weight(photo_weight)
+        query = combine_queries(self._image_query(image), self._text_query(question), photo_weight)  # (1, D)
         return self._search(query, k, per_dish)
+
+    def _image_query(self, image: ImageSource) -> np.ndarray:
+        """A photo (path, bytes or PIL image) as a query vector (1, D), decoded as `embed` decodes it."""
+        with self._model_lock:
+            model, processor = self._vision
+        image = load_rgb(image, decode_min_side(processor))  # unreadable: one line
+        with self._model_lock:
+            return encode_images(model, processor, [image])  # (1, D)
+
+    def _text_query(self, text: str) -> np.ndarray:
+        """A text (a dish name, a question) as a query vector (1, D), cut and encoded as passages are."""
+        with self._model_lock:
+            return encode_texts(self.text_model, self.tokenizer, [text], max_len=self.max_len)  # (1, D)
 
     def _search(self, query: np.ndarray, k: int, per_dish: int | None) -> list[Hit]:
         # With a per-dish cap the top k passages may hold too few dishes: widen the search until k

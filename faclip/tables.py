@@ -1,4 +1,4 @@
-"""The docstore and training-pairs tables that `prepare` writes: their columns, and checked loading."""
+"""The docstore, training-pairs and questions tables that `prepare` writes: their columns, and checked loading."""
 
 from pathlib import Path
 
@@ -8,6 +8,8 @@ from faclip.errors import FaclipError
 
 DOCSTORE_COLUMNS = ["id", "food_id", "title", "passage_text"]
 PAIRS_COLUMNS = ["image_path", "image_sha256", "passage_id", "food_id", "split"]
+# One row per (image, passage, question): the question a record asked about the photo, answered by the passage.
+QUESTIONS_COLUMNS = ["image_path", "image_sha256", "question", "passage_id", "food_id", "split"]
 
 
 def _check_columns(table: pd.DataFrame, path: Path, columns: list[str]) -> pd.DataFrame:
@@ -34,3 +36,11 @@ def load_pairs(path: str | Path) -> pd.DataFrame:
     if not path.is_file():
         raise FaclipError(f"training pairs {path} not found; run `dvc repro prepare`")
     return _check_columns(pd.read_csv(path, dtype=str, keep_default_na=False), path, PAIRS_COLUMNS)
+
+
+def load_questions(path: str | Path) -> pd.DataFrame:
+    """Read questions.csv as strings, checking its columns (it may have no rows: questions are optional)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FaclipError(f"questions table {path} not found; run `dvc repro prepare`")
+    return _check_columns(pd.read_csv(path, dtype=str, keep_default_na=False), path, QUESTIONS_COLUMNS)
