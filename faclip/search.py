@@ -21,14 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-from faclip.encode import ImageSource, decode_min_side, encode_images, encode_texts, load_rgb, pick_device
+from faclip.encode import (CHARS_PER_TOKEN_BOUND, ImageSource, decode_min_side, encode_images, encode_texts, load_rgb,
+                           pick_device)
 from faclip.errors import FaclipError
 from faclip.files import sha256_dir
 from faclip.index import load_index, search
 from faclip.models import check_same_vision, load_text_model, load_vision_model, text_max_len
 from faclip.tables import load_docstore
 from faclip.text import normalize_text
-from faclip.vqa import DEFAULT_PHOTO_WEIGHT, check_photo_weight, combine_queries
+from faclip.vqa import CANDIDATES, DEFAULT_PHOTO_WEIGHT, LexicalIndex, check_photo_weight, together_scores
 
 logger = logging.getLogger(__name__)
 
@@ -93,14 +94,20 @@ class Retriever:
 
     def ask(self, image: ImageSource, question: str, k: int = 5, per_dish: int | None = None,
             photo_weight: float = DEFAULT_PHOTO_WEIGHT) -> list[Hit]:
-        """The k passages that best answer a question about a photo: ranked by
-        photo_weight·cos(photo, p) + (1 − photo_weight)·cos(question, p) (`faclip.vqa`); at most `per_dish`
+        """The k passages that best answer a question about a photo: the photo's best candidates re-ranked by
+        photo_weight·cos(photo, p) + (1 − photo_weight)·lexical(question, p) (`faclip.vqa`); at most `per_dish`
         per food_id. Each half is checked as `by_image` / `by_text` check it, the question first."""
         check_k(k, per_dish)
         check_text_query(question)
         photo_weight = check_photo_weight(photo_weight)
-        query = combine_queries(self._image_query(image), self._text_query(question), photo_weight)  # (1, D)
-        return self._search(query, k, per_dish)
+        question_scores = self._lexical.scores(question)  # (N,)
+        return self._search(self._image_query(image), k, per_dish, depth=CANDIDATES,
+                            rerank=lambda scores, rows: together_scores(scores, rows, question_scores, photo_weight))
+
+    @cached_property
+    def _lexical(self) -> LexicalIndex:
+        # Built on the first question (a second or so per 10k passages), so photo and text searches never pay for it.
+        return LexicalIndex(self.passages["passage_text"].tolist(), self.max_len * CHARS_PER_TOKEN_BOUND)
 
     def _image_query(self, image: ImageSource) -> np.ndarray:
         """A photo (path, bytes or PIL image) as a query vector (1, D), decoded as `embed` decodes it."""
@@ -115,14 +122,17 @@ class Retriever:
         with self._model_lock:
             return encode_texts(self.text_model, self.tokenizer, [text], max_len=self.max_len)  # (1, D)
 
-    def _search(self, query: np.ndarray, k: int, per_dish: int | None) -> list[Hit]:
+    def _search(self, query: np.ndarray, k: int, per_dish: int | None, depth: int = 0, rerank=None) -> list[Hit]:
         # With a per-dish cap the top k passages may hold too few dishes: widen the search until k
-        # passages pass the cap or the whole index was searched.
-        fetch = k if per_dish is None else min(k * 4, self.index.ntotal)
+        # passages pass the cap or the whole index was searched. `rerank(scores, rows) -> (scores, rows)`
+        # reorders the (at least `depth`) passages fetched before they become hits.
+        fetch = max(k if per_dish is None else k * 4, depth)
+        fetch = min(fetch, self.index.ntotal)
         while True:
             scores, ids = search(self.index, query, fetch)  # (1, fetch) each
+            scores, ids = (scores[0], ids[0]) if rerank is None else rerank(scores[0], ids[0])
             hits, per_food = [], {}
-            for score, i in zip(scores[0].tolist(), ids[0].tolist()):
+            for score, i in zip(scores.tolist(), ids.tolist()):
                 if i < 0:  # an approximate index may return fewer than k results
                     continue
                 row = self.passages.iloc[i]

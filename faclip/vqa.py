@@ -1,25 +1,43 @@
 """A photo and a question in one query (the VQA request): the photo says which dish, the question which
 of its passages.
 
-The combined score of a passage p is
+The score of a passage p is
 
-    photo_weight · cos(photo, p) + (1 − photo_weight) · cos(question, p)
+    photo_weight · cos(photo, p) + (1 − photo_weight) · lexical(question, p)
 
-with the photo encoded by the frozen vision model and the question by the fine-tuned text model, as
-`by_image` and `by_text` encode them. Passage vectors are unit length, so that score is exactly the
-inner product of p with the one vector photo_weight · photo + (1 − photo_weight) · question: a single
-search of the passage index ranks every passage by it (exactly for a Flat index, as closely as the
-index searches for any query otherwise), and `per_dish`, `k` and the hits work as for any query.
-`photo_weight` is the param `vqa.photo_weight`; `evaluate` measures it and reports the best weight on
-the train split next to it.
+- cos(photo, p): the photo encoded by the frozen vision model against the passage vectors of the index,
+  as `by_image` scores it;
+- lexical(question, p): the cosine of TF-IDF vectors of character 3- and 4-grams (within words, after
+  faclip's Persian normalisation), the question against the passage (`LexicalIndex`). Character n-grams
+  match a question's «سرو می‌کنند» to a passage's «سرو می‌شود», whatever the spelling.
+
+The candidates are the photo's `CANDIDATES` best passages in the index (all of them when there are
+fewer): within them the ranking is exact. A passage the photo does not rank that high is not about the
+dish in the photo.
+
+Why lexical and not the fine-tuned text encoder for the question: locked-image tuning teaches the text
+encoder where each *dish* lies among the photos, not which of a dish's passages answers a question; on
+the sample the encoder found a question's own passage first for 4 % of test questions (chance: 2 %), and
+no weight of it helped the photo on the train split. `evaluate` keeps measuring that
+(`vqa.dense_question_only`), so a stronger text model (CLIPfa) can be judged on the same numbers.
+`photo_weight` is the param `vqa.photo_weight`; `evaluate` sweeps it over the train split's questions
+and reports the best weight there next to the one in use.
 """
+
+import math
+import re
+from collections import Counter
 
 import numpy as np
 
 from faclip.errors import FaclipError
 from faclip.params import VqaParams
+from faclip.text import identity_key
 
 DEFAULT_PHOTO_WEIGHT = VqaParams.photo_weight  # params.yaml's default: one number for evaluate, search and serve
+CANDIDATES = 256  # the photo's best passages that the question re-ranks (all passages when there are fewer)
+NGRAMS = (3, 4)
+_WORD = re.compile(r"\w+")
 
 
 def check_photo_weight(photo_weight) -> float:
@@ -31,10 +49,58 @@ def check_photo_weight(photo_weight) -> float:
     return float(photo_weight)
 
 
-def combine_queries(photo_emb: np.ndarray, question_emb: np.ndarray, photo_weight: float) -> np.ndarray:
-    """photo_weight · photo + (1 − photo_weight) · question, (Q, D) float32 from two (Q, D) unit-vector arrays:
-    its inner product with a unit passage vector is the combined score (not re-normalised, so scores are
-    the weighted cosines themselves)."""
+def char_ngrams(text: str, max_chars: int) -> Counter:
+    """Character 3- and 4-grams of each word (padded with a space each side) of the normalised text, counted.
+
+    The text is cut to `max_chars` first, as the encoders cut a passage, so a huge question costs what a page does.
+    """
+    grams = Counter()
+    for word in _WORD.findall(identity_key(text[:max_chars])):
+        padded = f" {word} "
+        for n in NGRAMS:
+            grams.update(padded[i:i + n] for i in range(len(padded) - n + 1))
+    return grams
+
+
+class LexicalIndex:
+    """TF-IDF (sublinear tf, smoothed idf) over passages' character n-grams, as postings; `scores` gives the
+    cosine of a question with every passage (N,). Deterministic: terms are visited in sorted order."""
+
+    def __init__(self, passages: list[str], max_chars: int):
+        self.max_chars, self.count = max_chars, len(passages)
+        docs = [char_ngrams(text, max_chars) for text in passages]
+        df = Counter(term for doc in docs for term in doc)
+        self.idf = {term: math.log((1 + len(docs)) / (1 + n)) + 1 for term, n in df.items()}
+        rows, weights = {}, {}
+        for row, doc in enumerate(docs):
+            vector = {term: (1 + math.log(n)) * self.idf[term] for term, n in doc.items()}
+            norm = math.sqrt(sum(w * w for w in vector.values())) or 1.0
+            for term, w in vector.items():
+                rows.setdefault(term, []).append(row)
+                weights.setdefault(term, []).append(w / norm)
+        self.postings = {term: (np.array(rows[term], dtype=np.int64), np.array(weights[term], dtype=np.float64))
+                         for term in sorted(rows)}
+
+    def scores(self, question: str) -> np.ndarray:
+        """Cosine of the question's TF-IDF vector with each passage's (N,), float64 in [0, 1]."""
+        grams = char_ngrams(question, self.max_chars)
+        vector = {term: (1 + math.log(n)) * self.idf[term] for term, n in sorted(grams.items()) if term in self.idf}
+        norm = math.sqrt(sum(w * w for w in vector.values()))
+        out = np.zeros(self.count, dtype=np.float64)
+        for term, w in vector.items() if norm else ():  # no n-gram in common with any passage: all 0
+            rows, weights = self.postings[term]
+            out[rows] += (w / norm) * weights
+        return out
+
+
+def together_scores(photo_scores: np.ndarray, candidate_rows: np.ndarray, question_scores: np.ndarray,
+                    photo_weight: float) -> tuple[np.ndarray, np.ndarray]:
+    """Re-rank one photo's candidates (scores and index rows (C,), -1 = none) by the combined score, with the
+    question's lexical scores of every passage (N,): (scores (C,), rows (C,)), best first, a tie kept in the
+    photo's order."""
     w = check_photo_weight(photo_weight)
-    combined = w * photo_emb.astype(np.float64) + (1.0 - w) * question_emb.astype(np.float64)
-    return np.ascontiguousarray(combined, dtype=np.float32)
+    found = candidate_rows >= 0
+    photo_scores, candidate_rows = photo_scores[found], candidate_rows[found]
+    combined = w * photo_scores.astype(np.float64) + (1 - w) * question_scores[candidate_rows]
+    order = np.argsort(-combined, kind="stable")
+    return combined[order], candidate_rows[order]

@@ -16,17 +16,17 @@ from test_evaluate import fake_embeddings, fake_pairs, load_stage, unit
 from test_search import write_docstore
 
 from faclip.embed import save_image_embeddings
-from faclip.encode import CHARS_PER_TOKEN_BOUND, encode_images, encode_texts, load_rgb
+from faclip.encode import CHARS_PER_TOKEN_BOUND, decode_min_side, encode_images, load_rgb
 from faclip.errors import FaclipError
-from faclip.evaluate import evaluate_vqa, exact_passage_metrics, VqaQueries
+from faclip.evaluate import VqaQueries, evaluate_vqa, exact_passage_metrics
 from faclip.index import build_index, build_passage_index
-from faclip.models import load_text_model, load_vision_model
+from faclip.models import load_vision_model
 from faclip.params import parse_params
 from faclip.prepare import prepare_dataset
 from faclip.search import Retriever
 from faclip.tables import QUESTIONS_COLUMNS, load_questions
 from faclip.text import passage_id_for
-from faclip.vqa import DEFAULT_PHOTO_WEIGHT, check_photo_weight, combine_queries
+from faclip.vqa import DEFAULT_PHOTO_WEIGHT, LexicalIndex, char_ngrams, check_photo_weight, together_scores
 
 QUESTION = "این غذا را با چه چیزی سرو می‌کنند؟"
 
@@ -145,15 +145,54 @@ def test_the_bundled_sample_asks_about_most_records_and_never_names_the_dish():
 # --- the combined query -----------------------------------------------------------------------------
 
 
-def test_the_combined_vector_scores_each_passage_by_the_weighted_cosines():
-    rng = np.random.default_rng(0)
-    passages, photo, question = (unit(rng.standard_normal((n, 16))).astype(np.float32) for n in (30, 4, 4))
-    for weight in (0.0, 0.3, 0.5, 1.0):
-        combined = combine_queries(photo, question, weight)  # (4, 16)
-        expected = weight * photo @ passages.T + (1 - weight) * question @ passages.T
-        np.testing.assert_allclose(combined @ passages.T, expected, atol=1e-6)
-    np.testing.assert_array_equal(combine_queries(photo, question, 1), photo)
-    np.testing.assert_array_equal(combine_queries(photo, question, 0), question)
+PASSAGES = [p for _, passages in DISHES for p in passages]
+
+
+def reference_lexical(passages: list[str], question: str, max_chars: int) -> np.ndarray:
+    """TF-IDF cosine (sublinear tf, smoothed idf) computed densely, the textbook way: what LexicalIndex must give."""
+    docs = [char_ngrams(t, max_chars) for t in passages]
+    vocab = sorted({term for doc in docs for term in doc})
+    df = np.array([sum(term in doc for doc in docs) for term in vocab])
+    idf = np.log((1 + len(docs)) / (1 + df)) + 1
+
+    def vector(grams):
+        v = np.array([(1 + np.log(grams[t])) if grams.get(t) else 0.0 for t in vocab]) * idf
+        return v / (np.linalg.norm(v) or 1.0)
+
+    return np.array([vector(doc) for doc in docs]) @ vector(char_ngrams(question, max_chars))
+
+
+def test_lexical_scores_are_tf_idf_cosines_of_character_ngrams():
+    lexical = LexicalIndex(PASSAGES, max_chars=10_000)
+    for question in ("لیمو عمانی چه طعمی می‌دهد؟", "با چه نانی می‌خورند؟", "روی آش چه می‌ریزند"):
+        np.testing.assert_allclose(lexical.scores(question), reference_lexical(PASSAGES, question, 10_000), atol=1e-9)
+    asked = lexical.scores("لیمو عمانی چه طعمی می‌دهد؟")
+    assert PASSAGES[int(asked.argmax())] == "لیمو عمانی به قورمه سبزی طعم ترش می‌دهد."
+    # spelled as scrapes spell it (Arabic yeh and kaf, ZWNJ as a space): the same scores
+    np.testing.assert_array_equal(lexical.scores("ليمو عماني چه طعمي مي دهد؟"), asked)
+    assert not lexical.scores("xyz qqq").any()  # nothing in common with any passage: all 0, no division by 0
+    assert not lexical.scores("؟!").any()
+
+
+def test_lexical_cuts_a_long_question_as_the_encoders_cut_a_passage():
+    lexical = LexicalIndex(PASSAGES, max_chars=40)
+    question = "لیمو عمانی چه طعمی می‌دهد؟ " + "کباب کوبیده " * 10_000
+    np.testing.assert_array_equal(lexical.scores(question), lexical.scores(question[:40]))
+    wide = LexicalIndex(PASSAGES, max_chars=10_000)
+    assert (wide.scores(question) != wide.scores(question[:40])).any()  # the rest would count: the cut is no no-op
+
+
+def test_together_scores_rerank_the_photos_candidates_by_the_weighted_sum():
+    photo_scores = np.array([0.9, 0.8, 0.7, 0.0], dtype=np.float32)
+    rows = np.array([2, 0, 1, -1])  # -1: an approximate index found fewer
+    question = np.array([0.5, 0.0, 0.1, 1.0])  # of passages 0..3 (3 is not a candidate)
+    scores, order = together_scores(photo_scores, rows, question, 0.5)
+    assert order.tolist() == [0, 2, 1]  # (0.8 + 0.5) / 2, (0.9 + 0.1) / 2, (0.7 + 0) / 2
+    np.testing.assert_allclose(scores, [0.65, 0.5, 0.35], atol=1e-6)
+    assert together_scores(photo_scores, rows, question, 1.0)[1].tolist() == [2, 0, 1]  # the photo alone
+    assert together_scores(photo_scores, rows, question, 0.0)[1].tolist() == [0, 2, 1]  # the question alone
+    tie = together_scores(np.array([0.5, 0.5]), np.array([1, 0]), np.zeros(2), 0.5)[1]
+    assert tie.tolist() == [1, 0]  # a tie keeps the photo's order
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), "half", True, None])
@@ -188,23 +227,22 @@ def setup(tmp_path_factory, tiny_model_dirs):
 
 
 def brute_force_scores(retriever, photo, question, weight) -> dict[str, float]:
-    """passage_id -> weight·cos(photo, p) + (1 − weight)·cos(question, p), from separately loaded encoders."""
-    model, tokenizer = load_text_model(retriever.model_dir, device="cpu")
-    texts = retriever.passages["passage_text"].tolist()
-    passages = encode_texts(model, tokenizer, texts, max_len=retriever.max_len)  # (N, D)
-    question_emb = encode_texts(model, tokenizer, [question], max_len=retriever.max_len)[0]
+    """passage_id -> weight·cos(photo, p) + (1 − weight)·lexical(question, p), from a separately loaded vision
+    model, the passage vectors of the index and the dense TF-IDF reference."""
     vision, processor = load_vision_model(retriever.vision_dir, device="cpu")
-    from faclip.encode import decode_min_side
 
     photo_emb = encode_images(vision, processor, [load_rgb(photo, decode_min_side(processor))])[0]
-    scores = weight * passages @ photo_emb + (1 - weight) * passages @ question_emb
+    passages = retriever.index.reconstruct_n(0, retriever.index.ntotal)  # (N, D), Flat
+    texts = retriever.passages["passage_text"].tolist()
+    lexical = reference_lexical(texts, question, retriever.max_len * CHARS_PER_TOKEN_BOUND)
+    scores = weight * passages @ photo_emb + (1 - weight) * lexical
     return dict(zip(retriever.passages["id"], scores.tolist()))
 
 
-def test_ask_ranks_every_passage_by_the_weighted_cosines(setup):
+def test_ask_ranks_every_passage_by_the_weighted_scores(setup):
     retriever, photo, _ = setup
-    n = retriever.index.ntotal
-    for weight in (0.3, 0.7):
+    n = retriever.index.ntotal  # fewer than CANDIDATES: every passage is a candidate
+    for weight in (0.3, 0.85):
         expected = brute_force_scores(retriever, photo, QUESTION, weight)
         hits = retriever.ask(photo, QUESTION, k=n, photo_weight=weight)
         assert [h.rank for h in hits] == list(range(1, n + 1))
@@ -215,10 +253,12 @@ def test_ask_ranks_every_passage_by_the_weighted_cosines(setup):
 def test_ask_at_the_ends_of_the_weight_is_the_photo_or_the_question_alone(setup):
     retriever, photo, _ = setup
     ids = lambda hits: [h.passage_id for h in hits]  # noqa: E731
+    n = retriever.index.ntotal
     assert ids(retriever.ask(photo, QUESTION, k=5, photo_weight=1.0)) == ids(retriever.by_image(photo, k=5))
-    assert ids(retriever.ask(photo, QUESTION, k=5, photo_weight=0.0)) == ids(retriever.by_text(QUESTION, k=5))
-    together = retriever.ask(photo, QUESTION, k=len(retriever.passages))
-    assert ids(together) != ids(retriever.by_image(photo, k=len(retriever.passages)))  # the question counts
+    question = "لیمو عمانی چه طعمی می‌دهد؟"
+    by_question = retriever.ask(photo, question, k=1, photo_weight=0.0)[0]
+    assert by_question.passage_text == "لیمو عمانی به قورمه سبزی طعم ترش می‌دهد."
+    assert ids(retriever.ask(photo, question, k=n)) != ids(retriever.by_image(photo, k=n))  # the question counts
     capped = retriever.ask(photo, QUESTION, k=3, per_dish=1)
     assert len({h.food_id for h in capped}) == 3 and [h.rank for h in capped] == [1, 2, 3]
 
@@ -309,7 +349,7 @@ def test_http_refuses_a_bad_half_with_a_one_line_422(setup):
 @pytest.mark.parametrize("extra, words", [
     ((), "give --image PHOTO, --text"),
     (("--text", "آش", "--photo-weight", "0.5"), "--photo-weight weighs a photo against a question"),
-    (("--image", "photo.jpg", "--text", " \u200c "), "the text query is empty"),
+    (("--image", "PHOTO", "--text", " \u200c "), "the text query is empty"),
     (("--image", "missing.jpg", "--text", QUESTION), "missing.jpg"),
     (("--image", "PHOTO", "--text", QUESTION, "--photo-weight", "2"), "photo_weight=2.0 is invalid"),
 ])
@@ -335,28 +375,32 @@ def test_exact_passage_metrics_count_only_the_one_passage_asked_about():
 
 def test_evaluate_vqa_halves_are_the_ends_of_the_weight_and_the_sweep_picks_the_best_on_train():
     rng = np.random.default_rng(1)
-    passages = unit(rng.standard_normal((12, 8))).astype(np.float32)
+    n = len(PASSAGES)
+    passages = unit(rng.standard_normal((n, 8))).astype(np.float32)
     index = build_index(passages, "Flat")
-    target = np.arange(12)
+    lexical = LexicalIndex(PASSAGES, max_chars=10_000)
+    target = np.arange(n)
 
-    def queries(noise_photo, noise_question, seed):
-        r = np.random.default_rng(seed)
-        photo = unit(passages + noise_photo * r.standard_normal(passages.shape)).astype(np.float32)
-        question = unit(passages + noise_question * r.standard_normal(passages.shape)).astype(np.float32)
-        return VqaQueries(photo, [f"q{i}" for i in target], target), question
+    def queries(seed):  # photos that barely point at their passage; questions that are its first words
+        photo = unit(passages + 3.0 * np.random.default_rng(seed).standard_normal(passages.shape)).astype(np.float32)
+        return VqaQueries(photo, [p[:25] for p in PASSAGES], target)
 
-    test, test_q = queries(2.0, 0.1, 2)  # here the question is the better half
-    train, train_q = queries(2.0, 0.1, 3)
-    metrics, sweep = evaluate_vqa(index, test, test_q, train, train_q, (1, 5), photo_weight=0.5)
-    ends = evaluate_vqa(index, test, test_q, train, train_q, (1, 5), photo_weight=1.0)[0]["together"]
-    assert ends == metrics["photo_only"]
-    assert evaluate_vqa(index, test, test_q, train, train_q, (1, 5), photo_weight=0.0)[0]["together"] == \
-        metrics["question_only"]
-    assert metrics["chance"] == pytest.approx({"recall@1": 1 / 12, "recall@5": 5 / 12})
-    assert metrics["counts"] == {"test_questions": 12, "train_questions": 12}
+    test, train = queries(2), queries(3)
+    metrics, sweep = evaluate_vqa(index, lexical, test, train, (1, 5), photo_weight=0.5)
+    at = lambda w: evaluate_vqa(index, lexical, test, train, (1, 5), photo_weight=w)[0]["together"]  # noqa: E731
+    assert at(1.0) == metrics["photo_only"]
+    assert at(0.0) == metrics["question_only"]
+    assert metrics["question_only"]["recall@1"] > metrics["photo_only"]["recall@1"]
+    assert metrics["chance"] == pytest.approx({"recall@1": 1 / n, "recall@5": 5 / n})
+    assert metrics["counts"] == {"test_questions": n, "train_questions": n}
+    assert "dense_question_only" not in metrics
     assert sweep["photo_weight"].tolist() == [i / 20 for i in range(21)]
     best = metrics["best_on_train"]
     assert best["mrr"] == sweep["mrr"].max() and best["photo_weight"] < 0.5  # the question weighs more here
+    # the sweep's row for a weight is what evaluating the train split at that weight gives
+    train_at = evaluate_vqa(index, lexical, train, train, (1,), photo_weight=0.25)[0]["together"]
+    row = sweep.set_index("photo_weight").loc[0.25]
+    assert (row["recall@1"], row["mrr"]) == pytest.approx((train_at["recall@1"], train_at["mrr"]))
 
 
 def test_the_stage_adds_vqa_with_questions_and_leaves_it_out_without(tmp_path, tiny_model_dirs, monkeypatch):
@@ -383,11 +427,11 @@ def test_the_stage_adds_vqa_with_questions_and_leaves_it_out_without(tmp_path, t
     load_stage().main(args)
     vqa = json.loads((tmp_path / "metrics/eval.json").read_text())["vqa"]
     assert set(vqa) == {"photo_weight", "photo_only", "question_only", "together", "chance", "best_on_train",
-                        "counts"}
+                        "dense_question_only", "counts"}
     assert vqa["photo_weight"] == 0.4
     assert vqa["counts"] == {"test_questions": int((questions["split"] == "test").sum()),
                              "train_questions": int((questions["split"] == "train").sum())}
-    for half in ("photo_only", "question_only", "together"):
+    for half in ("photo_only", "question_only", "together", "dense_question_only"):
         assert set(vqa[half]) == {"recall@1", "recall@5", "mrr"}
     # a question that is its passage's first words finds that passage: far above a random photo
     assert vqa["question_only"]["recall@1"] > vqa["photo_only"]["recall@1"]
