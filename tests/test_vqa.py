@@ -284,18 +284,22 @@ def test_a_question_longer_than_the_cap_is_cut_as_passages_are(setup):
     assert [h.to_dict() for h in retriever.ask(photo, long_question, k=4)] == [h.to_dict() for h in cut]
 
 
-def cli(args, *extra):
-    return subprocess.run([sys.executable, "-m", "faclip", "search", *extra, *args], cwd=REPO, capture_output=True,
-                          text=True, encoding="utf-8", timeout=180, env=_env())
+def cli(capsys, args, *extra) -> tuple[int, str, str]:
+    """`python -m faclip search ...` in this process (its `main`, as the console script runs it): (exit code,
+    stdout, stderr)."""
+    from faclip.__main__ import main
+
+    capsys.readouterr()
+    try:
+        main(["search", *extra, *args])
+        code = 0
+    except SystemExit as exit_info:
+        code = exit_info.code
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
-def _env():
-    from serve_fixtures import faclip_env
-
-    return faclip_env()
-
-
-def test_python_cli_and_http_give_identical_hits(setup):
+def test_python_cli_and_http_give_identical_hits(setup, capsys):
     """One code path: Retriever.ask, `search --image --text --json`, POST /search and POST /search/image."""
     from fastapi.testclient import TestClient
 
@@ -303,9 +307,9 @@ def test_python_cli_and_http_give_identical_hits(setup):
 
     retriever, photo, args = setup
     expected = [h.to_dict() for h in retriever.ask(photo, QUESTION, k=4, per_dish=2)]
-    result = cli(args, "--image", str(photo), "--text", QUESTION, "--k", "4", "--per-dish", "2", "--json")
-    assert result.returncode == 0, result.stderr
-    by_cli = json.loads(result.stdout)
+    code, out, err = cli(capsys, args, "--image", str(photo), "--text", QUESTION, "--k", "4", "--per-dish", "2", "--json")
+    assert code == 0, err
+    by_cli = json.loads(out)
     client = TestClient(create_app(retriever))
     by_json = client.post("/search", json={"image": base64.b64encode(photo.read_bytes()).decode(), "text": QUESTION,
                                            "k": 4, "per_dish": 2})
@@ -353,12 +357,12 @@ def test_http_refuses_a_bad_half_with_a_one_line_422(setup):
     (("--image", "missing.jpg", "--text", QUESTION), "missing.jpg"),
     (("--image", "PHOTO", "--text", QUESTION, "--photo-weight", "2"), "photo_weight=2.0 is invalid"),
 ])
-def test_cli_bad_input_is_one_line_before_the_models_load(setup, extra, words):
+def test_cli_bad_input_is_one_line_before_the_models_load(setup, capsys, extra, words):
     _, photo, args = setup
     extra = tuple(str(photo) if e == "PHOTO" else e for e in extra)
-    result = cli(["--model", "no/such/model"], *extra)  # a model folder that does not exist: never reached
-    errors = [line for line in result.stderr.splitlines() if line.startswith("faclip error")]
-    assert result.returncode == 2 and len(errors) == 1 and words in errors[0], result.stderr
+    code, _, err = cli(capsys, ["--model", "no/such/model"], *extra)  # a model that does not exist: never reached
+    errors = [line for line in err.splitlines() if line.startswith("faclip error")]
+    assert code == 2 and len(errors) == 1 and words in errors[0], err
 
 
 # --- evaluation -------------------------------------------------------------------------------------
