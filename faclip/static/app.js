@@ -178,7 +178,7 @@ function searchPhoto(file, question = "") {
 function askAboutPhoto() {
   if (!lastQuery || !lastQuery.file) return;
   const question = $("question").value;
-  if (!question.trim()) {
+  if (!question.replace(/[\s\u200c]/g, "")) { // spaces and ZWNJ only: nothing to ask (the API would say so too)
     showError("پرسش خالی است؛ چیزی دربارهٔ عکس بپرسید، مثلاً «این غذا چطور پخته می‌شود؟».");
     return;
   }
