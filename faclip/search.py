@@ -106,7 +106,7 @@ class Retriever:
 
     @cached_property
     def _lexical(self) -> LexicalIndex:
-        # Built on the first question (~12 s per 10k passages on 2 busy cores), so photo and text searches never pay.
+        # Built on the first question (~3.5 s per 10k passages on 2 busy cores), so photo and text searches never pay.
         return LexicalIndex(self.passages["passage_text"].tolist(), self.max_len * CHARS_PER_TOKEN_BOUND)
 
     def _image_query(self, image: ImageSource) -> np.ndarray:

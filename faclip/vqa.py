@@ -24,7 +24,6 @@ no weight of it helped the photo on the train split. `evaluate` keeps measuring 
 and reports the best weight there next to the one in use.
 """
 
-import math
 import re
 from collections import Counter
 
@@ -54,42 +53,45 @@ def char_ngrams(text: str, max_chars: int) -> Counter:
 
     The text is cut to `max_chars` first, as the encoders cut a passage, so a huge question costs what a page does.
     """
-    grams = Counter()
-    for word in _WORD.findall(identity_key(text[:max_chars])):
-        padded = f" {word} "
-        for n in NGRAMS:
-            grams.update(padded[i:i + n] for i in range(len(padded) - n + 1))
-    return grams
+    padded = [f" {word} " for word in _WORD.findall(identity_key(text[:max_chars]))]
+    return Counter(word[i:i + n] for word in padded for n in NGRAMS for i in range(len(word) - n + 1))
 
 
 class LexicalIndex:
-    """TF-IDF (sublinear tf, smoothed idf) over passages' character n-grams, as postings; `scores` gives the
-    cosine of a question with every passage (N,). Deterministic: terms are visited in sorted order."""
+    """TF-IDF (sublinear tf, smoothed idf) over passages' character n-grams, as postings sorted by term; `scores`
+    gives the cosine of a question with every passage (N,). Deterministic: the same passages, the same arrays."""
 
     def __init__(self, passages: list[str], max_chars: int):
         self.max_chars, self.count = max_chars, len(passages)
-        docs = [char_ngrams(text, max_chars) for text in passages]
-        df = Counter(term for doc in docs for term in doc)
-        self.idf = {term: math.log((1 + len(docs)) / (1 + n)) + 1 for term, n in df.items()}
-        rows, weights = {}, {}
-        for row, doc in enumerate(docs):
-            vector = {term: (1 + math.log(n)) * self.idf[term] for term, n in doc.items()}
-            norm = math.sqrt(sum(w * w for w in vector.values())) or 1.0
-            for term, w in vector.items():
-                rows.setdefault(term, []).append(row)
-                weights.setdefault(term, []).append(w / norm)
-        self.postings = {term: (np.array(rows[term], dtype=np.int64), np.array(weights[term], dtype=np.float64))
-                         for term in sorted(rows)}
+        self.vocab: dict[str, int] = {}
+        rows, terms, counts = [], [], []
+        for row, text in enumerate(passages):
+            grams = char_ngrams(text, max_chars)
+            rows.append(np.full(len(grams), row, dtype=np.int64))
+            terms.append(np.fromiter((self.vocab.setdefault(g, len(self.vocab)) for g in grams), np.int64, len(grams)))
+            counts.append(np.fromiter(grams.values(), np.float64, len(grams)))
+        rows, terms, counts = (np.concatenate(a) if a else np.zeros(0, t) for a, t in
+                               ((rows, np.int64), (terms, np.int64), (counts, np.float64)))
+        df = np.bincount(terms, minlength=len(self.vocab))  # (V,)
+        self.idf = np.log((1 + self.count) / (1 + df)) + 1  # (V,)
+        weights = (1 + np.log(counts)) * self.idf[terms]  # (T,) one per (passage, term)
+        norms = np.sqrt(np.bincount(rows, weights=weights * weights, minlength=self.count))  # (N,)
+        order = np.argsort(terms, kind="stable")  # postings: grouped by term, passages in order
+        self.rows, self.weights = rows[order], (weights / np.where(norms > 0, norms, 1)[rows])[order]
+        self.starts = np.searchsorted(terms[order], np.arange(len(self.vocab) + 1))  # (V + 1,)
 
     def scores(self, question: str) -> np.ndarray:
         """Cosine of the question's TF-IDF vector with each passage's (N,), float64 in [0, 1]."""
-        grams = char_ngrams(question, self.max_chars)
-        vector = {term: (1 + math.log(n)) * self.idf[term] for term, n in sorted(grams.items()) if term in self.idf}
-        norm = math.sqrt(sum(w * w for w in vector.values()))
+        grams = sorted((self.vocab[g], n) for g, n in char_ngrams(question, self.max_chars).items() if g in self.vocab)
         out = np.zeros(self.count, dtype=np.float64)
-        for term, w in vector.items() if norm else ():  # no n-gram in common with any passage: all 0
-            rows, weights = self.postings[term]
-            out[rows] += (w / norm) * weights
+        if not grams:  # no n-gram in common with any passage: all 0
+            return out
+        terms = np.array([t for t, _ in grams], dtype=np.int64)
+        weights = (1 + np.log(np.array([n for _, n in grams], dtype=np.float64))) * self.idf[terms]
+        weights /= np.sqrt(weights @ weights)
+        for term, w in zip(terms.tolist(), weights.tolist()):
+            lo, hi = self.starts[term], self.starts[term + 1]
+            out[self.rows[lo:hi]] += w * self.weights[lo:hi]
         return out
 
 
