@@ -1,4 +1,5 @@
-"""`faclip search --image PHOTO | --text "…" [--k 5] [--json]`: passages for a photo or a text.
+"""`faclip search --image PHOTO | --text "…" [--k 5] [--json]`: passages for a photo, a text, or both
+(a question about the photo: `--image PHOTO --text "…"`).
 
 `faclip serve [--host 127.0.0.1] [--port 8000]`: the same search as a JSON service and a web page.
 `faclip plots [--rev REV ...]`: every plot of dvc.yaml as one offline HTML page.
@@ -22,10 +23,12 @@ from faclip.errors import FaclipError, run_main
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="faclip", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    find = commands.add_parser("search", help="retrieve passages for a food photo or a text")
-    query = find.add_mutually_exclusive_group(required=True)
-    query.add_argument("--image", help="a food photo (JPEG/PNG/WebP)")
-    query.add_argument("--text", help="a text query, e.g. a dish name")
+    find = commands.add_parser("search", help="retrieve passages for a food photo, a text, or a question about a photo")
+    find.add_argument("--image", help="a food photo (JPEG/PNG/WebP)")
+    find.add_argument("--text", help="a text query, e.g. a dish name; with --image, a question about the photo")
+    find.add_argument("--photo-weight", type=float, default=None, metavar="W",
+                      help="with --image and --text: the photo's share of the score, 0..1 "
+                           "(default vqa.photo_weight's default; see README)")
     find.add_argument("--k", type=int, default=5, help="how many passages (default 5)")
     find.add_argument("--per-dish", type=int, default=None, metavar="N",
                       help="keep at most N passages per dish (food_id), e.g. 1 for the top k dishes")
@@ -85,14 +88,25 @@ def search_command(args: argparse.Namespace) -> None:
     from faclip.search import Retriever, check_text_query, format_hits
 
     # A bad query fails before the models load (seconds for a real model), not after.
+    if args.image is None and args.text is None:
+        raise FaclipError('give --image PHOTO, --text "…", or both (a question about the photo)')
     if args.image is not None:
         load_rgb(args.image)
-    else:
+    if args.text is not None:
         check_text_query(args.text)
+    ask_options = {}
+    if args.photo_weight is not None:
+        from faclip.vqa import check_photo_weight
+
+        if args.image is None or args.text is None:
+            raise FaclipError("--photo-weight weighs a photo against a question; give both --image and --text")
+        ask_options["photo_weight"] = check_photo_weight(args.photo_weight)
     transformers.utils.logging.disable_progress_bar()  # the CLI's output is the hits, not loading bars
     retriever = Retriever(args.model, args.vision, args.index, args.docstore)
     # The photo goes in by path, so the Retriever decodes it as `embed` decodes (a JPEG at reduced size).
-    if args.image is not None:
+    if args.image is not None and args.text is not None:
+        hits = retriever.ask(args.image, args.text, k=args.k, per_dish=args.per_dish, **ask_options)
+    elif args.image is not None:
         hits = retriever.by_image(args.image, k=args.k, per_dish=args.per_dish)
     else:
         hits = retriever.by_text(args.text, k=args.k, per_dish=args.per_dish)

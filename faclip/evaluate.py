@@ -16,6 +16,11 @@ paired with several dishes has all of them); for a passage, every test image of 
   image right when any dish it shows ranks within k, a tie counting against it; mean_per_class_recall
   averages acc@1 over the dishes with test images (an image counts for each dish it shows).
 - index.recall_vs_exact@10: the share of the exact top 10 that the configured index returns.
+- vqa (when the test split has questions): each (test photo, question) ranks the passages by the photo
+  alone (the index), the question alone (lexical, `faclip.vqa`) and the two together as `Retriever.ask`
+  does (weight vqa.photo_weight); the relevant item is the exact passage the question was written for.
+  recall@k, mrr, chance; dense_question_only: the question through the fine-tuned text encoder and the
+  index; best_on_train: the photo weight that scores best (mrr) over the train split's questions.
 The test set is `faclip.testset`'s (the one train reports recall on). Rankings come from FAISS (exact
 search = a Flat inner-product index), so exact score ties keep FAISS's order; mrr counts ranks up to
 MAX_DEPTH (all ranks whenever there are no more items than that). Memory grows with the pairs, never
@@ -34,12 +39,14 @@ import pandas as pd
 
 from faclip.embed import ImageEmbeddings, load_image_embeddings
 from faclip.errors import FaclipError
-from faclip.index import build_index, load_index, recall_vs_exact, search_hits
+from faclip.index import build_index, load_index, recall_vs_exact, search, search_hits
 from faclip.metrics import (NDCG_AT, chance_recall_at_k, mean_metrics, query_metrics,
                             rank_of_best_relevant)
 from faclip.models import check_same_vision, embed_passages, trained_max_len
-from faclip.tables import load_docstore, load_pairs
+from faclip.tables import load_docstore, load_pairs, load_questions
 from faclip.testset import TestSet, image_to_text_hits, load_test_set
+from faclip.encode import CHARS_PER_TOKEN_BOUND
+from faclip.vqa import CANDIDATES, DEFAULT_PHOTO_WEIGHT, LexicalIndex, together_scores
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +55,8 @@ QUERY_CHUNK = 1024  # queries searched at once: their (chunk, depth) hits are al
 SCORE_BUDGET = 2**22  # (image, dish) scores held at once by zero-shot: 16 MiB of float32
 ZERO_SHOT_KS = (1, 5)
 RECALL_VS_EXACT_K = 10
+VQA_WEIGHTS = tuple(i / 20 for i in range(21))
+MAX_TEXT_LEN = 512  # the token budget of a model folder without faclip.json (params allow at most 512)  # the photo weights swept on the train split: 0, 0.05, ..., 1
 
 
 def _scored(n_queries: int, hits_of: Callable[[int, int], np.ndarray], n_relevant: np.ndarray,
@@ -223,16 +232,107 @@ def headline(metrics: dict) -> dict:
 
 
 @dataclass(frozen=True)
+class VqaQueries:
+    """(photo, question) queries of one split, each with the index row of the passage it was written for."""
+
+    photo_emb: np.ndarray  # (Q, D) the photos' frozen vectors
+    questions: list[str]  # (Q,)
+    target: np.ndarray  # (Q,) index row of each question's passage
+
+
+def vqa_queries(questions: pd.DataFrame, split: str, passage_ids: list[str], embeddings: ImageEmbeddings) -> VqaQueries:
+    """The questions of `split` whose passage is in the index (rows `passage_ids`), with their photos' vectors."""
+    row = {passage_id: i for i, passage_id in enumerate(passage_ids)}
+    asked = questions[(questions["split"] == split) & questions["passage_id"].isin(row)]
+    if len(asked) < (questions["split"] == split).sum():
+        logger.warning("%d %s questions left out: their passage is not in the index",
+                       (questions["split"] == split).sum() - len(asked), split)
+    photo_emb = (embeddings.lookup(asked["image_sha256"].tolist()) if len(asked)
+                 else np.zeros((0, embeddings.dim), np.float32))
+    return VqaQueries(photo_emb, asked["question"].tolist(),
+                      np.array([row[p] for p in asked["passage_id"]], dtype=np.int64))
+
+
+def _exact_passage(hits: np.ndarray, ks: tuple[int, ...]) -> dict[str, float]:
+    """recall@k and mrr from ranked relevance (Q, K) when each query has exactly one relevant passage."""
+    return mean_metrics(query_metrics(hits, np.ones(len(hits), dtype=np.int64), ks, ndcg=False))
+
+
+def exact_passage_metrics(index: faiss.Index, queries: np.ndarray, target: np.ndarray,
+                          ks: tuple[int, ...]) -> dict[str, float]:
+    """recall@k and mrr of query vectors (Q, D) searched in the index, each relevant to index row `target` (Q,) only."""
+    depth = max(MAX_DEPTH, *ks)
+    return _exact_passage(search_hits(index, queries, depth, lambda q, i: i == target[q]), ks)
+
+
+def vqa_hits(index: faiss.Index, lexical: LexicalIndex, queries: VqaQueries,
+             photo_weights: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Ranked relevance of each query's passage: by the question alone over every passage (Q, min(N, MAX_DEPTH)),
+    and together at each photo weight over the photo's candidates (W, Q, min(N, CANDIDATES)), as `Retriever.ask`
+    ranks them (`faclip.vqa.together_scores`)."""
+    n_queries, depth = len(queries.target), min(index.ntotal, CANDIDATES)
+    question_hits = np.zeros((n_queries, min(index.ntotal, MAX_DEPTH)), dtype=bool)
+    together = np.zeros((len(photo_weights), n_queries, depth), dtype=bool)
+    for start in range(0, n_queries, QUERY_CHUNK):
+        photo_scores, photo_rows = search(index, queries.photo_emb[start:start + QUERY_CHUNK], depth)  # (chunk, C)
+        for q in range(len(photo_rows)):
+            target = queries.target[start + q]
+            question_scores = lexical.scores(queries.questions[start + q])  # (N,)
+            order = np.argsort(-question_scores, kind="stable")[:question_hits.shape[1]]
+            question_hits[start + q] = order == target
+            for w, weight in enumerate(photo_weights):
+                _, rows = together_scores(photo_scores[q], photo_rows[q], question_scores, weight)
+                together[w, start + q, :len(rows)] = rows == target
+    return question_hits, together
+
+
+def evaluate_vqa(index: faiss.Index, lexical: LexicalIndex, test: VqaQueries, train: VqaQueries,
+                 ks: tuple[int, ...], photo_weight: float,
+                 dense_question_emb: np.ndarray | None = None) -> tuple[dict, pd.DataFrame]:
+    """The `vqa` metrics (photo_only, question_only, together at `photo_weight`, chance, the train split's best
+    weight; dense_question_only when the questions' text-encoder vectors are given) and the train sweep table
+    (photo_weight, recall@1, mrr)."""
+    question_hits, together = vqa_hits(index, lexical, test, (photo_weight,))
+    metrics = {
+        "photo_weight": photo_weight,
+        "photo_only": exact_passage_metrics(index, test.photo_emb, test.target, ks),
+        "question_only": _exact_passage(question_hits, ks),
+        "together": _exact_passage(together[0], ks),
+        "chance": {f"recall@{k}": chance_recall_at_k(np.ones(len(test.target), np.int64), index.ntotal, k)
+                   for k in ks},
+    }
+    if dense_question_emb is not None:
+        metrics["dense_question_only"] = exact_passage_metrics(index, dense_question_emb, test.target, ks)
+    sweep = pd.DataFrame(columns=["photo_weight", "recall@1", "mrr"])
+    if len(train.target):
+        _, swept = vqa_hits(index, lexical, train, VQA_WEIGHTS)
+        sweep = pd.DataFrame([{"photo_weight": weight, **_exact_passage(hits, (1,))}
+                              for weight, hits in zip(VQA_WEIGHTS, swept)], columns=sweep.columns)
+        # the best by mrr, then recall@1; a tie goes to the weight nearest the one in use
+        ranked = sweep.assign(gap=(sweep["photo_weight"] - photo_weight).abs())
+        best = ranked.sort_values(["mrr", "recall@1", "gap"], ascending=[False, False, True], kind="stable").iloc[0]
+        metrics["best_on_train"] = {"photo_weight": float(best["photo_weight"]), "recall@1": float(best["recall@1"]),
+                                    "mrr": float(best["mrr"])}
+    metrics["counts"] = {"test_questions": len(test.target), "train_questions": len(train.target)}
+    return metrics, sweep
+
+
+@dataclass(frozen=True)
 class EvalResult:
-    metrics: dict  # {"finetuned", "base", "ceiling", "gain", "chance", "zero_shot", "index", "counts"}
+    metrics: dict  # {"finetuned", "base", "ceiling", "gain", "chance", "zero_shot", "index", "counts", "vqa"?}
     recall_at_k: pd.DataFrame  # k, finetuned, base, ceiling: image->passage recall@k
     per_dish: pd.DataFrame  # food_id, test_images, finetuned_recall@1, base_recall@1, ceiling_recall@1
+    # k, photo_only, question_only, together, chance: (photo, question) -> its passage recall@k (no rows: no vqa)
+    vqa_recall_at_k: pd.DataFrame = None
+    vqa_photo_weight: pd.DataFrame = None  # photo_weight, recall@1, mrr over the train split's questions
 
 
 def run_evaluation(*, index_dir: str | Path, model_dir: str | Path, base_text_dir: str | Path,
                    docstore_path: str | Path, pairs_path: str | Path, image_embeddings_path: str | Path,
-                   ks: tuple[int, ...]) -> EvalResult:
-    """Evaluate the fine-tuned model (through its index), the base text model and the ceiling on the test split."""
+                   ks: tuple[int, ...], questions_path: str | Path | None = None,
+                   photo_weight: float = DEFAULT_PHOTO_WEIGHT) -> EvalResult:
+    """Evaluate the fine-tuned model (through its index), the base text model and the ceiling on the test split;
+    with `questions_path`, photo + question retrieval too (`vqa`, when the test split has questions)."""
     index, manifest = load_index(index_dir, model_dir, docstore_path)  # a stale index is an error
     passages = load_docstore(docstore_path).set_index("id").loc[manifest["passage_ids"]].reset_index()
     embeddings = load_image_embeddings(image_embeddings_path)
@@ -250,6 +350,10 @@ def run_evaluation(*, index_dir: str | Path, model_dir: str | Path, base_text_di
                 test_dishes)
     # The ceiling's centroids first: then the pairs and the image vectors (all of them) can go before encoding.
     centroids, has_centroid = dish_centroids(pairs, embeddings, test.dishes)
+    asked = {}
+    if questions_path is not None:
+        questions = load_questions(questions_path)
+        asked = {split: vqa_queries(questions, split, manifest["passage_ids"], embeddings) for split in ("test", "train")}
     del pairs, embeddings
 
     # 1. each text encoder: retrieval both ways, zero-shot against the dish titles
@@ -272,7 +376,17 @@ def run_evaluation(*, index_dir: str | Path, model_dir: str | Path, base_text_di
 
     classified["chance"] = zero_shot_chance(test, len(title_dish))
 
-    # 2. the ceiling: every passage at its dish's centroid of train-split image vectors
+    # 2. a photo and a question together, against each half alone (the exact passage is the relevant item)
+    vqa, vqa_sweep = None, pd.DataFrame(columns=["photo_weight", "recall@1", "mrr"])
+    if asked and len(asked["test"].target):
+        # the question cut as the Retriever cuts it: at the fine-tuned model's token budget
+        lexical = LexicalIndex(texts, (max_len or MAX_TEXT_LEN) * CHARS_PER_TOKEN_BOUND)
+        dense = embed_passages(model_dir, asked["test"].questions, max_len=max_len, progress=False)  # (Q, D)
+        vqa, vqa_sweep = evaluate_vqa(index, lexical, asked["test"], asked["train"], ks, photo_weight,
+                                      dense_question_emb=dense)
+        logger.info("photo + question: %s", {key: vqa[key] for key in ("photo_only", "question_only", "together")})
+
+    # 3. the ceiling: every passage at its dish's centroid of train-split image vectors
     rows = np.flatnonzero(has_centroid[test.passage_dish])  # passages whose dish has train images
     without = int((~has_centroid[title_dish]).sum())
     if without:
@@ -287,9 +401,14 @@ def run_evaluation(*, index_dir: str | Path, model_dir: str | Path, base_text_di
         "chance": chance_metrics(test, ks), "zero_shot": classified, "index": index_metrics,
         "counts": {"test_images": len(test.image_sha256), "passages": len(passages), "test_dishes": test_dishes,
                    "dishes": len(title_dish), "dishes_without_train_images": without},
+        **({"vqa": vqa} if vqa is not None else {}),
     })
     # Wide (one column per model) so `dvc plots` draws every curve from one file.
     recall_rows = pd.DataFrame([{"k": k, **{model: metrics[model]["image_to_text"][f"recall@{k}"]
                                             for model in ("finetuned", "base", "ceiling")}} for k in ks])
     per_dish = per_dish_recall_at_1(test, top1).round(6)
-    return EvalResult(metrics=metrics, recall_at_k=recall_rows, per_dish=per_dish)
+    vqa_columns = ["photo_only", "question_only", "together", "chance"]
+    vqa_rows = pd.DataFrame([{"k": k, **{key: metrics["vqa"][key][f"recall@{k}"] for key in vqa_columns}}
+                             for k in ks] if vqa is not None else [], columns=["k", *vqa_columns])
+    return EvalResult(metrics=metrics, recall_at_k=recall_rows, per_dish=per_dish, vqa_recall_at_k=vqa_rows,
+                      vqa_photo_weight=vqa_sweep.round(6))

@@ -152,6 +152,16 @@ class EvalParams:
 
 
 @dataclass(frozen=True)
+class VqaParams:
+    """A photo and a question together (`Retriever.ask`, evaluate's `vqa`)."""
+    photo_weight: float = 0.85  # score = w·cos(photo, p) + (1 − w)·lexical(question, p); 0.85: best on the train split
+
+    def __post_init__(self):
+        _check(_is_number(self.photo_weight) and 0 <= self.photo_weight <= 1, "vqa.photo_weight",
+               self.photo_weight, "use a number from 0 (the question alone) to 1 (the photo alone), e.g. 0.5")
+
+
+@dataclass(frozen=True)
 class Params:
     data: DataParams
     model: ModelParams
@@ -159,10 +169,11 @@ class Params:
     index: IndexParams
     eval: EvalParams
     embed: EmbedParams = EmbedParams()
+    vqa: VqaParams = VqaParams()
 
 
 SECTIONS = {"data": DataParams, "model": ModelParams, "embed": EmbedParams, "index": IndexParams,
-            "eval": EvalParams}
+            "eval": EvalParams, "vqa": VqaParams}
 
 
 def _unknown_key(key, known: list[str], where: str, also: str = "") -> FaclipError:

@@ -1,7 +1,8 @@
 """The `prepare` stage's logic: JSON records + images under data.root -> docstore, pairs, and a skip report.
 
 A `*.json` or `*.jsonl` file is one object, a list of objects, or JSON Lines; a record is
-`{"title", "response", "image_path"}` with the image path relative to the JSON file's folder.
+`{"title", "response", "image_path"}` with the image path relative to the JSON file's folder, and an
+optional `"question"` (the question its response answers; a bad one drops the question, not the pair).
 Every bad record is skipped, counted by reason and named (file, position, detail); nothing bad
 reaches the outputs, and nothing good is silently changed.
 """
@@ -23,8 +24,8 @@ from faclip.errors import FaclipError
 from faclip.files import (MAX_IMAGE_BYTES, MAX_JSON_BYTES, NON_UTF8_FIX, RefusedFile, escaped_path, is_utf8_name,
                           read_regular_file, resolve_under_root)
 from faclip.images import ImageRefused, decode_image
-from faclip.tables import DOCSTORE_COLUMNS, PAIRS_COLUMNS, check_unique_ids
-from faclip.text import food_id_for, invalid_character, is_blank, passage_id_for
+from faclip.tables import DOCSTORE_COLUMNS, PAIRS_COLUMNS, QUESTIONS_COLUMNS, check_unique_ids
+from faclip.text import food_id_for, identity_key, invalid_character, is_blank, passage_id_for
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,7 @@ class Prepared:
     pairs: pd.DataFrame
     skips: Skips
     stats: dict
+    questions: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=QUESTIONS_COLUMNS))
 
 
 JSON_SUFFIXES = (".json", ".jsonl")  # either suffix may hold any of the three forms
@@ -271,7 +273,7 @@ def prepare_dataset(root: str | Path, test_fraction: float, workers: int | None 
     if not root.is_dir():
         raise FaclipError(f"data root {root} does not exist or is not a folder; set data.root in params.yaml ({LAYOUT_HINT})")
     skips = Skips()
-    records = []  # (source, position, title, response, image path under root)
+    records = []  # (source, position, title, response, image path under root, raw question or None)
     items_seen = 0
     json_files = find_json_files(root, skips)
     for path in tqdm(json_files, desc="read json", unit="file"):
@@ -294,11 +296,11 @@ def prepare_dataset(root: str | Path, test_fraction: float, workers: int | None 
             elif (image := resolve_under_root(root, path.parent, image_path.strip())) is None:
                 skips.add("image_outside_root", source, position, image_path)
             else:
-                records.append((source, position, title, response, image))
+                records.append((source, position, title, response, image, item.get("question")))
 
     checked = check_images(sorted({str(r[4]) for r in records}), workers or min(4, os.cpu_count() or 1), str(root))
-    rows, passages = [], {}
-    for source, position, title, response, image in records:
+    rows, passages, asked = [], {}, []
+    for source, position, title, response, image, raw_question in records:
         check = checked[str(image)]
         if check.sha256 is None:
             skips.add(check.reason, source, position, f"{image.relative_to(root).as_posix()}: {check.detail}")
@@ -307,6 +309,8 @@ def prepare_dataset(root: str | Path, test_fraction: float, workers: int | None 
         passage_id, food_id = passage_id_for(response), food_id_for(title)
         passages.setdefault(passage_id, (passage_id, food_id, title, response))
         rows.append((image.relative_to(root).as_posix(), sha, passage_id, food_id))
+        if (question := read_question(raw_question, source, position, skips)) is not None:
+            asked.append((rows[-1][0], sha, question, passage_id, food_id))
 
     if not rows:
         raise FaclipError(f"no valid (image, passage) pairs found under {root} ({len(json_files)} JSON files, "
@@ -325,6 +329,7 @@ def prepare_dataset(root: str | Path, test_fraction: float, workers: int | None 
     docstore = pd.DataFrame(sorted(passages.values()), columns=DOCSTORE_COLUMNS)
     check_unique_ids(docstore["id"].tolist(), "the docstore prepare built")  # the index maps rows by id
 
+    questions = questions_table(asked, split)
     images = pairs.drop_duplicates("image_sha256")
     dishes_per_passage = pairs.groupby("passage_id")["food_id"].nunique()
     stats = {
@@ -341,7 +346,37 @@ def prepare_dataset(root: str | Path, test_fraction: float, workers: int | None 
         "train_pairs": int((pairs["split"] == "train").sum()),
         "test_pairs": int((pairs["split"] == "test").sum()),
         "dishes_in_one_split": len(one_sided),
+        "questions": len(questions),
+        "train_questions": int((questions["split"] == "train").sum()),
+        "test_questions": int((questions["split"] == "test").sum()),
         "skipped": skips.counts(),
         "skipped_total": len(skips.rows),
     }
-    return Prepared(docstore=docstore, pairs=pairs, skips=skips, stats=stats)
+    return Prepared(docstore=docstore, pairs=pairs, skips=skips, stats=stats, questions=questions)
+
+
+def read_question(value, source: str, position: str, skips: Skips) -> str | None:
+    """A record's optional question, as written (stripped), or None: absent or null is no question; one that
+    is not a string, blank after normalisation or holds invalid characters is a `question_*` skip of the
+    question alone (the pair is kept)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        skips.add("question_not_text", source, position, f"not a string ({type(value).__name__}); the pair is kept")
+    elif is_blank(value):
+        skips.add("question_blank", source, position, "blank after normalisation; the pair is kept")
+    elif (where := invalid_character(value)) is not None:
+        skips.add("question_invalid_characters", source, position, f"{where}; the pair is kept")
+    else:
+        return value.strip()
+    return None
+
+
+def questions_table(asked: list[tuple], split: dict[str, str]) -> pd.DataFrame:
+    """(image_path, image_sha256, question, passage_id, food_id) rows -> the questions table, with each
+    image's split; a question asked twice of one image and passage (same after normalisation) is kept once."""
+    questions = pd.DataFrame(asked, columns=QUESTIONS_COLUMNS[:-1])
+    questions["split"] = questions["image_sha256"].map(split).astype(object)
+    key = questions["question"].map(identity_key)
+    questions = questions[~pd.concat([questions[["image_sha256", "passage_id"]], key], axis=1).duplicated()]
+    return questions.sort_values(["image_path", "passage_id", "question"], ignore_index=True)

@@ -3,8 +3,8 @@
     GET  /healthz                          {"status": "ok"}
     GET  /info                             passages, dim, factory, manifest hashes, model sources
     GET  /search?text=...&k=5&per_dish=2   {"hits": [...], "took_ms": ...}
-    POST /search        {"text": ...} or {"image": "<base64>"}, plus "k", "per_dish"
-    POST /search/image  multipart field `file` (?k=5&per_dish=2)
+    POST /search        {"text": ...} or {"image": "<base64>"} or both (a question about the photo), "k", "per_dish"
+    POST /search/image  multipart field `file`, optional field `text` (a question about it) (?k=5&per_dish=2)
     GET  /                                 the page (faclip/static), GET /docs the OpenAPI page
 
 A hit is `Hit.to_dict()`, the rows `python -m faclip search --json` prints: one code path. Bad input is a
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Annotated
 
 import uvicorn
-from fastapi import FastAPI, File, HTTPException, Query, Request, UploadFile
+from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
@@ -37,7 +37,8 @@ STATIC_DIR = Path(__file__).parent / "static"
 MAX_K = 100  # a VQA prompt holds a handful of passages; thousands would only load the server
 MAX_TEXT_CHARS = 2000  # queries are a dish name or a question; the model reads max_text_len tokens anyway
 IMAGE_HELP = "give a JPEG/PNG/WebP photo"
-QUERY_HELP = 'send {"text": "قورمه سبزی", "k": 5} or {"image": "<base64 photo>", "k": 5}'
+QUERY_HELP = ('send {"text": "قورمه سبزی", "k": 5}, {"image": "<base64 photo>", "k": 5}, or both '
+              '(a question about the photo)')
 # The page loads its own script, style and photo previews (blob:) and talks only to this server.
 PAGE_CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
             "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
@@ -62,19 +63,20 @@ class SearchResponse(BaseModel):
 
 
 class SearchRequest(BaseModel):
-    """Exactly one of `text` or `image`."""
+    """`text`, `image`, or both: a question about the photo (`Retriever.ask`)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    text: str | None = Field(None, max_length=MAX_TEXT_CHARS, examples=["قورمه سبزی"])
+    text: str | None = Field(None, max_length=MAX_TEXT_CHARS, examples=["قورمه سبزی"],
+                             description="a text query; with `image`, a question about the photo")
     image: str | None = Field(None, description="a JPEG/PNG/WebP photo in base64 (a data: URL is accepted too)")
     k: int = Field(5, ge=1, le=MAX_K, strict=True, description="how many passages")
     per_dish: int | None = Field(None, ge=1, strict=True, description="keep at most this many passages per dish")
 
     @model_validator(mode="after")
     def _one_query(self):
-        if (self.text is None) == (self.image is None):
-            raise ValueError("give exactly one of text or image")
+        if self.text is None and self.image is None:
+            raise ValueError("give text, image, or both (a question about the photo)")
         return self
 
 
@@ -119,9 +121,11 @@ def create_app(retriever: Retriever, *, max_upload_mb: float = 10.0, cors_origin
     async def _faclip_error(request: Request, exc: FaclipError):
         return JSONResponse({"detail": _one_line(str(exc))}, status_code=422)
 
-    def run(query, k: int, per_dish: int | None) -> SearchResponse:
+    def run(query, k: int, per_dish: int | None, question: str | None = None) -> SearchResponse:
         start = time.perf_counter()
-        if isinstance(query, bytes):
+        if question is not None:
+            hits = retriever.ask(query, question, k=k, per_dish=per_dish)
+        elif isinstance(query, bytes):
             hits = retriever.by_image(query, k=k, per_dish=per_dish)
         else:
             hits = retriever.by_text(query, k=k, per_dish=per_dish)
@@ -146,16 +150,20 @@ def create_app(retriever: Retriever, *, max_upload_mb: float = 10.0, cors_origin
 
     @app.post("/search")
     def search_post(body: SearchRequest) -> SearchResponse:
-        """Passages for a text or a base64 photo."""
-        if body.text is not None:
-            return run(_checked_text(body.text), body.k, body.per_dish)
-        return run(_decode_image(body.image, max_upload), body.k, body.per_dish)
+        """Passages for a text, a base64 photo, or both (a question about the photo)."""
+        question = None if body.text is None else _checked_text(body.text)
+        if body.image is None:
+            return run(question, body.k, body.per_dish)
+        return run(_decode_image(body.image, max_upload), body.k, body.per_dish, question)
 
     @app.post("/search/image")
     def search_image(file: Annotated[UploadFile, File(description="a JPEG/PNG/WebP photo")],
+                     text: Annotated[str | None, Form(max_length=MAX_TEXT_CHARS,
+                                                      description="a question about the photo")] = None,
                      k: Annotated[int, Query(ge=1, le=MAX_K)] = 5,
                      per_dish: Annotated[int | None, Query(ge=1)] = None) -> SearchResponse:
-        """Passages for an uploaded photo (multipart/form-data, field `file`)."""
+        """Passages for an uploaded photo (multipart/form-data, field `file`), and a question about it (`text`)."""
+        question = None if text is None else _checked_text(text)
         if file.size is not None and file.size > max_upload:
             raise HTTPException(413, detail=_too_large(max_upload))
         data = file.file.read(max_upload + 1)  # the parser spooled it to disk past 1 MB; read at most the cap
@@ -163,7 +171,7 @@ def create_app(retriever: Retriever, *, max_upload_mb: float = 10.0, cors_origin
             raise HTTPException(413, detail=_too_large(max_upload))
         if not data:
             raise HTTPException(422, detail=f"the uploaded file is empty; {IMAGE_HELP}")
-        return run(data, k, per_dish)
+        return run(data, k, per_dish, question)
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:

@@ -1,6 +1,6 @@
-"""The docstore and training-pairs tables that `prepare` writes: their columns, and checked loading.
+"""The docstore, training-pairs and questions tables that `prepare` writes: their columns, and checked loading.
 
-Every reader goes through `load_docstore` / `load_pairs`, which refuse a damaged or hand-edited table in
+Every reader goes through `load_docstore` / `load_pairs` / `load_questions`, which refuse a damaged or hand-edited table in
 one line (a missing column, a null or non-text cell, a duplicate passage id, a split other than
 train/test) rather than let it return other passages than asked for.
 """
@@ -14,6 +14,8 @@ from faclip.errors import FaclipError
 
 DOCSTORE_COLUMNS = ["id", "food_id", "title", "passage_text"]
 PAIRS_COLUMNS = ["image_path", "image_sha256", "passage_id", "food_id", "split"]
+# One row per (image, passage, question): the question a record asked about the photo, answered by the passage.
+QUESTIONS_COLUMNS = ["image_path", "image_sha256", "question", "passage_id", "food_id", "split"]
 SPLITS = ("train", "test")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -77,3 +79,12 @@ def load_pairs(path: str | Path) -> pd.DataFrame:
     if not bad_sha.empty:
         raise _damaged(path, f"image_sha256 {bad_sha.iloc[0][:80]!r} is not 64 hex digits")
     return pairs
+
+
+def load_questions(path: str | Path) -> pd.DataFrame:
+    """Read questions.csv as strings, checking its columns (it may have no rows: questions are optional)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FaclipError(f"questions table {path} not found; run `dvc repro prepare`")
+    return _check_columns(_read(path, lambda p: pd.read_csv(p, dtype=str, keep_default_na=False)), path,
+                          QUESTIONS_COLUMNS)

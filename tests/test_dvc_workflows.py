@@ -113,6 +113,7 @@ def make_other_vision_model(repo: Path, dest: Path) -> Path:
 
 @pytest.mark.parametrize("edit, expected", [
     ({"eval.k": [1, 3]}, {"evaluate"}),
+    ({"vqa.photo_weight": 0.5}, {"evaluate"}),
     ({"index.factory": "HNSW32"}, {"index", "evaluate"}),
     ({"epochs": 3}, {"train", "index", "evaluate"}),
     ({"learning_rate": 0.002}, {"train", "index", "evaluate"}),  # not the default (1e-3)
@@ -120,7 +121,7 @@ def make_other_vision_model(repo: Path, dest: Path) -> Path:
     ({"model.vision": "OTHER_VISION"}, {"base", "embed", "train", "index", "evaluate"}),
     ({"data.test_fraction": 0.3}, {"prepare", "embed", "train", "index", "evaluate"}),
     ({"embed.batch_size": 7, "embed.num_workers": 0}, {"embed"}),  # same vectors (cached): nothing downstream
-], ids=["eval", "index", "epochs", "learning_rate", "positives", "model.vision", "data.test_fraction", "embed"])
+], ids=["eval", "vqa", "index", "epochs", "learning_rate", "positives", "model.vision", "data.test_fraction", "embed"])
 def test_param_edit_reruns_only_affected_stages(repo, tmp_path, edit, expected):
     if edit.get("model.vision") == "OTHER_VISION":
         edit = {"model.vision": str(make_other_vision_model(repo, tmp_path / "vision2"))}

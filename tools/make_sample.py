@@ -3,11 +3,16 @@
     python tools/make_sample.py            # rewrites data/sample from scratch
 
 Writes 24 Persian dishes in the raw layout `prepare` reads: folders (at any depth) of JPEGs and
-`*.json` files whose records are `{"title", "response", "image_path"}`, with `image_path` relative
-to the JSON file's folder. Every image of a dish is paired with every passage of that dish. The
+`*.json` files whose records are `{"title", "response", "image_path"}` (most with a `"question"` too),
+with `image_path` relative to the JSON file's folder. Every image of a dish is paired with every passage of that dish. The
 three JSON forms (one object per file, a list, JSON Lines) and the spellings real scrapes mix
 (Arabic ي/ك, ZWNJ vs space, tatweel, stray spaces, a UTF-8 BOM, \\u-escaped text, one passage
 repeated verbatim in two folders) all appear; nothing in the sample is invalid.
+
+Questions (`QUESTIONS`) are hand-written, one or two per passage: what a diner would ask about a photo
+of the dish that *that* passage answers (how it is cooked, what it is served with, where it comes
+from), never naming the dish. A record carries one of its passage's questions, except the records of
+each dish's last photo, which carry none (both shapes of record appear).
 
 Images are the dish's food emoji rendered from Noto Color Emoji (Debian: `apt-get install
 fonts-noto-color-emoji`) on a fixed scene: a pale plate on a plain cloth, with small random shift,
@@ -215,6 +220,127 @@ DISHES = [
 # fmt: on
 DISH = {dish.slug: dish for dish in DISHES}
 
+# Questions a diner would ask about a photo of the dish, one tuple per passage (in the dish's passage
+# order), each pointing at *that* passage and never naming the dish: the photo says which dish.
+# Written by hand, once, for the data; never tuned to a model.
+# fmt: off
+QUESTIONS = {
+    "ghormeh_sabzi": (
+        ("این خورش با چه سبزی‌ها و حبوباتی پخته می‌شود؟", "مواد اصلی این خورش چیست؟"),
+        ("این خورش را با چه چیزی سرو می‌کنند؟", "این غذا بیشتر در چه وعده‌ای خورده می‌شود؟"),
+        ("راز خوش‌طعم شدن این خورش چیست؟", "چقدر باید این خورش روی حرارت بماند؟"),
+    ),
+    "koobideh": (
+        ("گوشت این کباب چطور آماده و روی سیخ کشیده می‌شود؟",),
+        ("این کباب را با برنج و چه چیزهای دیگری سرو می‌کنند؟", "کنار این غذا چه نوشیدنی‌ای می‌نوشند؟"),
+        ("این کباب را با کدام نان می‌خورند؟",),
+    ),
+    "joojeh_kabab": (
+        ("مرغ این کباب را در چه چیزی می‌خوابانند؟", "این کباب از چه گوشتی درست می‌شود؟"),
+        ("این کباب بیشتر در چه موقعیت‌هایی خورده می‌شود؟",),
+    ),
+    "zereshk_polo": (
+        ("روی برنج این پلو چه می‌ریزند؟", "این پلو در چه مجالسی سرو می‌شود؟"),
+        ("مرغ کنار این پلو چطور پخته می‌شود؟",),
+        ("دانه‌های سرخ روی این پلو در کدام استان کشت می‌شوند؟", "رنگ سرخ و طعم ترش این غذا از کجا می‌آید؟"),
+    ),
+    "baghali_polo": (
+        ("رنگ سبز و عطر این پلو از چیست؟", "این پلو با چه موادی دم می‌شود؟"),
+        ("این پلو را با چه گوشتی سرو می‌کنند؟",),
+    ),
+    "adas_polo": (
+        ("روی این پلو چه چیزهایی می‌ریزند؟", "این پلو از چه موادی درست می‌شود؟"),
+        ("این پلو را با چه گوشتی و چه مخلفاتی می‌خورند؟",),
+    ),
+    "shirin_polo": (
+        ("در این پلو چه موادی ریخته می‌شود؟",),
+        ("چرا این پلو را در جشن‌های عروسی سرو می‌کنند؟",),
+    ),
+    "tahchin": (
+        ("برنج این غذا را با چه چیزهایی مخلوط می‌کنند؟",),
+        ("چطور ته این غذا ترد و طلایی می‌شود؟", "روی این غذا را با چه تزئین می‌کنند؟"),
+    ),
+    "ash_reshteh": (
+        ("در این آش چه موادی هست و رویش چه می‌ریزند؟",),
+        ("این آش را در چه مناسبت‌هایی می‌پزند؟", "این غذا در سال نو چه معنایی دارد؟"),
+        ("وقتی کسی به سفر می‌رود چرا این آش را می‌پزند؟",),
+    ),
+    "haleem": (
+        ("این غذا از چه موادی درست می‌شود؟", "چرا این غذا کش می‌آید؟"),
+        ("این غذا را چه وقت و با چه چیزی می‌خورند؟",),
+    ),
+    "fesenjan": (
+        ("این خورش با چه موادی پخته می‌شود؟", "این خورش را با چه گوشتی درست می‌کنند؟"),
+        ("چرا رنگ این خورش قهوه‌ای تیره است؟", "مزه‌ی این خورش ترش است یا شیرین؟"),
+        ("این خورش اصالتاً مال کجای ایران است؟",),
+    ),
+    "gheymeh": (
+        ("روی این خورش چه می‌ریزند و خود خورش از چه پخته می‌شود؟",),
+        ("این خورش در چه ماهی نذری داده می‌شود؟", "به جای سیب‌زمینی چه چیز دیگری رویش می‌گذارند؟"),
+    ),
+    "dizi": (
+        ("این غذا در چه ظرفی و با چه موادی پخته می‌شود؟",),
+        ("این غذا را چطور باید خورد؟", "گوشت و حبوبات این غذا را با چه می‌کوبند؟"),
+    ),
+    "kaleh_pacheh": (
+        ("این غذا از کدام قسمت‌های گوسفند درست می‌شود؟",),
+        ("این غذا را کجا و چه ساعتی می‌خورند؟", "چه قسمت‌هایی از آن را جدا سرو می‌کنند؟"),
+    ),
+    "mirza_ghasemi": (
+        ("این خوراک از چه موادی درست می‌شود؟", "این غذا مال کدام استان است؟"),
+        ("این غذا را به‌عنوان چه وعده‌ای و با چه چیزی سرو می‌کنند؟", "طعم دودی این غذا از کجاست؟"),
+    ),
+    "kashk_bademjan": (
+        ("مواد اصلی این غذا چیست؟",),
+        ("روی این غذا را با چه تزئین می‌کنند؟", "این غذا را با کدام نان می‌خورند؟"),
+    ),
+    "sabzi_polo_mahi": (
+        ("این غذا را در چه روزی از سال می‌خورند؟",),
+        ("ماهی این غذا معمولاً چه ماهی‌ای است؟", "برنج این غذا با چه سبزی‌هایی دم می‌شود؟"),
+        ("ماهی دودی را پیش از سرو چطور گرم می‌کنند؟",),
+    ),
+    "kuku_sabzi": (
+        ("این غذا از چه موادی و چطور پخته می‌شود؟",),
+        ("داخل این غذا گاهی چه چیزهایی می‌ریزند؟", "این غذا را با چه می‌خورند؟"),
+    ),
+    "sholeh_zard": (
+        ("این دسر از چه درست می‌شود؟",),
+        ("این دسر را در چه روزهایی نذری می‌دهند؟",),
+        ("روی این دسر با دارچین چه نقش‌هایی می‌کشند؟",),
+    ),
+    "biryani": (
+        ("این غذا مال کدام شهر است و از چه گوشتی درست می‌شود؟",),
+        ("این غذا را روی چه نانی و با چه مخلفاتی می‌خورند؟",),
+    ),
+    "salad_shirazi": (
+        ("این سالاد از چه موادی درست می‌شود؟", "چاشنی این سالاد چیست؟"),
+        ("این سالاد از کدام شهر آمده است؟", "این سالاد را کنار چه غذاهایی سرو می‌کنند؟"),
+    ),
+    "faloodeh": (
+        ("این دسر از چه ساخته می‌شود و با چه می‌خورند؟",),
+        ("این دسر را در تابستان همراه چه سرو می‌کنند؟", "کدام شهر به این دسر شهرت دارد؟"),
+    ),
+    "koofteh_tabrizi": (
+        ("داخل این گلوله‌ی بزرگ گوشت چه می‌گذارند؟",),
+        ("این غذا در چه آبی پخته و با چه سرو می‌شود؟", "این غذا از غذاهای کدام منطقه است؟"),
+    ),
+    "dolmeh": (
+        ("داخل این غذا را با چه موادی پر می‌کنند؟",),
+        ("چاشنی ترش و شیرین این غذا از چیست؟",),
+    ),
+}
+# fmt: on
+UNASKED_IMAGE = IMAGES_PER_DISH  # the records of each dish's last photo carry no question: both shapes appear
+
+
+def check_questions() -> None:
+    """One tuple of questions per passage, and no question names its dish (the photo has to say which)."""
+    for dish in DISHES:
+        questions = QUESTIONS[dish.slug]
+        assert len(questions) == len(dish.passages), f"{dish.slug}: one tuple of questions per passage"
+        for question in (q for per_passage in questions for q in per_passage):
+            assert dish.title.replace(ZWNJ, " ") not in question.replace(ZWNJ, " "), f"{question!r} names {dish.title}"
+
 
 # Spellings that real scrapes mix; each keeps the text the same after faclip's normalisation.
 def arabic(text: str) -> str:
@@ -325,7 +451,8 @@ def image_name(slug: str, number: int) -> str:
 
 
 def build_records(group: Group) -> list[dict]:
-    """The group's records, image by image, each image paired with every passage of its dish."""
+    """The group's records, image by image, each image paired with every passage of its dish; every record
+    but those of the dish's last photo carries a question about that passage."""
     dish = DISH[group.slug]
     title = dish.title if group.title is None else group.title
     records = []
@@ -333,7 +460,11 @@ def build_records(group: Group) -> list[dict]:
         image_path = "/".join(p for p in (group.image_dir, image_name(dish.slug, number)) if p)
         for i, passage in enumerate(dish.passages):
             spell = group.spell[min(i, len(group.spell) - 1)]
-            records.append({"title": title, "response": spell(passage), "image_path": image_path})
+            record = {"title": title, "response": spell(passage), "image_path": image_path}
+            if number != UNASKED_IMAGE:  # the photos take turns over the passage's questions
+                questions = QUESTIONS[dish.slug][i]
+                record["question"] = spell(questions[(number - 1) % len(questions)])
+            records.append(record)
     return records
 
 
@@ -386,6 +517,8 @@ def write_sample(out: Path, font: ImageFont.FreeTypeFont, seed: str) -> dict:
         "dishes": len(DISHES),
         "images": n_images,
         "records": sum(len(r) for _, r in files.values()),
+        "questions": sum(len(per_passage) for d in DISHES for per_passage in QUESTIONS[d.slug]),
+        "records_with_question": sum("question" in r for _, rs in files.values() for r in rs),
         "passages": sum(len(d.passages) for d in DISHES),
         "json_files": len(files),
         "forms": forms,
@@ -401,6 +534,8 @@ It is the default `data.root` so that `dvc repro` runs end to end with no data o
 - {dishes} Persian dishes, {images_per_dish} images each ({images} JPEGs, 128x128), {passages} passages
   (2-3 per dish, in Persian, each saying something true about the dish).
 - {records} records in {json_files} JSON files: every image of a dish is paired with every passage of that dish.
+- {questions} hand-written questions (1-2 per passage, never naming the dish: the photo says which);
+  {records_with_question} records carry one (`"question"`), those of each dish's last photo none.
 - All three JSON forms: {object} single-object files (`kebabs/tehran/koobideh/`, `tehran/kalleh_pazi/`),
   {list} list files, {jsonl} JSON Lines files (`.json` with one object per line).
 - Folders at several depths; images beside their JSON file or in subfolders (`image_path` is relative
@@ -426,6 +561,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
+    check_questions()
     font = load_font(args.font)
     tmp = args.out.with_name(f".{args.out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

@@ -1,4 +1,5 @@
-// The faclip search page: text or photo in, passage cards out. Plain JS, no dependencies.
+// The faclip search page: text, photo, or a photo and a question about it in; passage cards out.
+// Plain JS, no dependencies.
 // Every value from the API (titles, passages, error details) goes into the page as text
 // (textContent), never as HTML: the passages are scraped data.
 "use strict";
@@ -8,7 +9,7 @@ const faNumber = new Intl.NumberFormat("fa-IR");
 const faScore = new Intl.NumberFormat("fa-IR", { minimumFractionDigits: 3, maximumFractionDigits: 3 });
 
 let maxUploadMb = null; // from /info
-let lastQuery = null; // {text} or {file}: rerun when k or per-dish changes
+let lastQuery = null; // {text} or {file, question}: rerun when k or per-dish changes
 let previewUrl = null;
 let pending = null; // AbortController of the search in flight
 
@@ -63,6 +64,7 @@ async function runSearch(url, init, label) {
   setStatus(`در حال جستجو برای ${label}…`);
   document.body.classList.add("busy");
   $("go").disabled = true;
+  $("ask").disabled = true;
   try {
     const response = await fetch(url, { ...init, signal: controller.signal });
     if (!response.ok) {
@@ -89,6 +91,7 @@ async function runSearch(url, init, label) {
       pending = null;
       document.body.classList.remove("busy");
       $("go").disabled = false;
+      $("ask").disabled = false;
     }
   }
 }
@@ -144,7 +147,8 @@ function searchText(text, { updateUrl = true } = {}) {
   runSearch(`/search?${params}`, { method: "GET" }, `«${label}»`);
 }
 
-function searchPhoto(file) {
+// A photo alone, or with a question about it: one POST /search/image (multipart `file`, and `text`).
+function searchPhoto(file, question = "") {
   if (!file) return;
   clearError();
   if (maxUploadMb !== null && file.size > maxUploadMb * 1024 * 1024) {
@@ -152,16 +156,33 @@ function searchPhoto(file) {
       `سرور تا ${faNumber.format(maxUploadMb)} مگابایت می‌پذیرد. عکس کوچک‌تری بدهید.`);
     return;
   }
-  lastQuery = { file };
-  clearPhoto();
-  previewUrl = URL.createObjectURL(file);
-  $("preview").src = previewUrl; // shown once it decodes (the "load" handler): not a broken icon for a non-image
-  $("file-name").textContent = file.name;
+  if (!lastQuery || lastQuery.file !== file) {
+    clearPhoto();
+    previewUrl = URL.createObjectURL(file);
+    $("preview").src = previewUrl; // shown once it decodes (the "load" handler): not a broken icon for a non-image
+    $("file-name").textContent = file.name;
+    $("question").value = question;
+  }
+  lastQuery = { file, question };
+  $("ask-form").hidden = false; // a photo is chosen: it can be asked about
   $("q").value = "";
   history.replaceState(null, "", location.pathname);
   const form = new FormData();
   form.append("file", file, file.name || "photo");
-  runSearch(`/search/image?${options()}`, { method: "POST", body: form }, "عکس");
+  const asked = question.trim();
+  if (asked) form.append("text", question);
+  const label = asked ? `عکس و پرسش «${asked.length > 40 ? `${asked.slice(0, 40)}…` : asked}»` : "عکس";
+  runSearch(`/search/image?${options()}`, { method: "POST", body: form }, label);
+}
+
+function askAboutPhoto() {
+  if (!lastQuery || !lastQuery.file) return;
+  const question = $("question").value;
+  if (!question.replace(/[\s\u200c]/g, "")) { // spaces and ZWNJ only: nothing to ask (the API would say so too)
+    showError("پرسش خالی است؛ چیزی دربارهٔ عکس بپرسید، مثلاً «این غذا چطور پخته می‌شود؟».");
+    return;
+  }
+  searchPhoto(lastQuery.file, question);
 }
 
 function clearPhoto() {
@@ -171,11 +192,13 @@ function clearPhoto() {
   preview.hidden = true;
   preview.removeAttribute("src");
   $("file-name").textContent = "";
+  $("ask-form").hidden = true;
+  $("question").value = "";
 }
 
 function rerun() {
   if (!lastQuery) return;
-  if (lastQuery.file) searchPhoto(lastQuery.file);
+  if (lastQuery.file) searchPhoto(lastQuery.file, lastQuery.question);
   else searchText(lastQuery.text);
 }
 
@@ -234,6 +257,10 @@ function start() {
   $("text-form").addEventListener("submit", (event) => {
     event.preventDefault();
     searchText($("q").value);
+  });
+  $("ask-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    askAboutPhoto();
   });
   $("k").addEventListener("change", rerun);
   $("per-dish").addEventListener("change", rerun);
