@@ -223,12 +223,14 @@ def _rounded(metrics: dict) -> dict:
 def headline(metrics: dict) -> dict:
     """The few figures experiments are compared on (`metrics/headline.json`, what `dvc exp show` leads with):
     the fine-tuned model's image->passage recall@k and MRR, its zero-shot acc@1, and its share of the
-    ceiling's recall at the first k."""
+    ceiling's recall at the first k; with questions, a photo and a question together (`vqa.together`)."""
     image_to_text = metrics["finetuned"]["image_to_text"]
     shares = {key: value for key, value in metrics["ceiling"].items() if key.startswith("finetuned_share_of_")}
+    together = metrics["vqa"]["together"] if "vqa" in metrics else {}
     return {**{f"image_to_passage_{key}": value for key, value in image_to_text.items() if key != "ndcg@10"},
             **{key.replace("finetuned_share_of_", "share_of_ceiling_"): value for key, value in shares.items()},
-            "zero_shot_acc@1": metrics["zero_shot"]["finetuned"]["acc@1"]}
+            "zero_shot_acc@1": metrics["zero_shot"]["finetuned"]["acc@1"],
+            **{f"photo_question_{key}": value for key, value in together.items() if key in ("recall@1", "mrr")}}
 
 
 @dataclass(frozen=True)

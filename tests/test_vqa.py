@@ -420,11 +420,13 @@ def test_the_stage_adds_vqa_with_questions_and_leaves_it_out_without(tmp_path, t
     questions = pairs.assign(question=[text_of[p][:20] for p in pairs["passage_id"]])[QUESTIONS_COLUMNS]
     args = ["--index", "index", "--model", str(text_dir), "--base-text", str(text_dir), "--docstore",
             "docstore.parquet", "--pairs", "pairs.csv", "--image-embeddings", "image_embeddings",
-            "--metrics", "metrics/eval.json", "--plots", "metrics/eval_plots", "--questions", "questions.csv"]
+            "--metrics", "metrics/eval.json", "--headline", "metrics/headline.json", "--plots", "metrics/eval_plots",
+            "--questions", "questions.csv"]
 
     questions.iloc[:0].to_csv(tmp_path / "questions.csv", index=False)  # no question at all: no vqa
     load_stage().main(args)
     assert "vqa" not in json.loads((tmp_path / "metrics/eval.json").read_text())
+    assert not [key for key in json.loads((tmp_path / "metrics/headline.json").read_text()) if "question" in key]
     assert pd.read_csv(tmp_path / "metrics/eval_plots/vqa_recall_at_k.csv").empty
 
     questions.to_csv(tmp_path / "questions.csv", index=False)
@@ -437,6 +439,9 @@ def test_the_stage_adds_vqa_with_questions_and_leaves_it_out_without(tmp_path, t
                              "train_questions": int((questions["split"] == "train").sum())}
     for half in ("photo_only", "question_only", "together", "dense_question_only"):
         assert set(vqa[half]) == {"recall@1", "recall@5", "mrr"}
+    headline = json.loads((tmp_path / "metrics/headline.json").read_text())  # what `dvc exp show` leads with
+    assert (headline["photo_question_recall@1"], headline["photo_question_mrr"]) == (
+        vqa["together"]["recall@1"], vqa["together"]["mrr"])
     # a question that is its passage's first words finds that passage: far above a random photo
     assert vqa["question_only"]["recall@1"] > vqa["photo_only"]["recall@1"]
     assert vqa["chance"]["recall@1"] == pytest.approx(1 / len(docstore), abs=1e-6)
