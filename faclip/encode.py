@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from faclip.errors import FaclipError
-from faclip.images import ImageSource, load_rgb  # noqa: F401 (load_rgb: the one decoder, used from here too)
+from faclip.images import ImageSource, load_rgb  # the one image decoder (search and the CLI import it from here)
 from faclip.text import normalize_text
 
 logger = logging.getLogger(__name__)
