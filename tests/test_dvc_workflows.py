@@ -161,8 +161,8 @@ def test_exp_show_leads_with_the_headline_and_fits_a_screen(repo):
     # README, "Working with DVC": two experiments, one on epochs, one on the learning rate, as written.
     block = readme_block("dvc exp run -n epochs-30")
     assert block.splitlines()[-1] == "dvc exp show --only-changed --md", block
-    shown = bash(repo, block)
-    assert "image_to_passage_recall@1" in shown.splitlines()[0], shown
+    header = [line for line in bash(repo, block).splitlines() if line.startswith("| Experiment ")]
+    assert len(header) == 1 and "image_to_passage_recall@1" in header[0], header
     columns = exp_show_columns(repo, "--only-changed")
     assert len(columns) <= 30, columns
     assert "image_to_passage_recall@1" in columns[:10], columns
