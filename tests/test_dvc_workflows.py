@@ -221,7 +221,7 @@ def test_push_and_pull_as_the_readme_says(repo, tmp_path):
     # README, "Sharing artifacts": its words, with a temp folder for the shared disk and this repo for the URL.
     share = readme_block("dvc remote add -d store").replace("/mnt/shared/faclip-store", str(tmp_path / "store"))
     clone = readme_block("git clone ").replace("https://example.com/you/faclip.git", str(repo))
-    experiment = readme_block("dvc exp run -n ")
+    experiment = readme_block("dvc exp run -n lr-5e-4 -S learning_rate=0.0005")
     bash(repo, share)
     assert git(repo, "status", "--porcelain").stdout == ""  # the remote is committed: a clone has it
     for step in ("pipeline", "experiment"):

@@ -108,7 +108,8 @@ def test_a_good_edit_reruns_only_the_stages_that_read_the_key(repo):
     result = dvc(repo, "repro")
     assert ran_stages(result.stdout) == {"check_params", "evaluate"}, result.stdout
     after = kept(repo)
-    assert {k for k in before if before[k] != after[k]} == {"metrics/eval.json", "metrics/eval_plots"}
+    assert {k for k in before if before[k] != after[k]} == {"metrics/eval.json", "metrics/headline.json",
+                                                          "metrics/eval_plots"}
 
 
 def test_the_readmes_set_param_forms_run_as_written(repo):
