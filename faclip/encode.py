@@ -169,7 +169,7 @@ class _ImageDataset(torch.utils.data.Dataset):
             image = load_rgb(self.sources[i], self.min_side)
         except FaclipError as err:
             return str(err)  # raised in a worker it would reach us as traceback text: pass the message as data
-        return self.processor(images=image, return_tensors="pt")["pixel_values"][0]  # (3, H, W)
+        return preprocess_image(self.processor, image)  # (3, H, W)
 
 
 def _collate_pixels(items: list[torch.Tensor | str]) -> torch.Tensor | str:
@@ -188,13 +188,24 @@ def encode_images(model, processor, sources: Sequence[ImageSource], *, batch_siz
         collate_fn=_collate_pixels, pin_memory=device.type == "cuda",
     )
     chunks = []
-    with _eval_mode(model):
-        for pixels in tqdm(loader, desc="encode images", disable=not progress, unit="batch"):
-            if isinstance(pixels, str):
-                raise FaclipError(pixels)
-            with _autocast(device):
-                feats = image_features(model, pixels.to(device))  # (B, D)
-            chunks.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu())
+    for pixels in tqdm(loader, desc="encode images", disable=not progress, unit="batch"):
+        if isinstance(pixels, str):
+            raise FaclipError(pixels)
+        chunks.append(encode_pixels(model, pixels))
     if not chunks:
         return np.zeros((0, model.config.hidden_size), dtype=np.float32)
-    return torch.cat(chunks).numpy()
+    return np.concatenate(chunks)
+
+
+def preprocess_image(processor, image: Image.Image) -> torch.Tensor:
+    """One decoded RGB image as the model's input (3, H, W): the processor's resize, crop and normalisation."""
+    return processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+
+@torch.no_grad()
+def encode_pixels(model, pixels: torch.Tensor) -> np.ndarray:
+    """One batch of preprocessed images (B, 3, H, W) to L2-normalised float32 vectors (B, D)."""
+    device = next(model.parameters()).device
+    with _eval_mode(model), _autocast(device):
+        feats = image_features(model, pixels.to(device))  # (B, D)
+    return torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy()
