@@ -70,7 +70,7 @@ class ErrorOut(BaseModel):
 
 def _errors(*statuses: int) -> dict:
     """OpenAPI `responses` for the error statuses an endpoint can answer, all with the one-line body."""
-    what = {400: "the body is not valid JSON", 413: "the body or photo is larger than --max-upload-mb",
+    what = {400: "the body is not valid JSON (or not valid multipart/form-data, for an upload)", 413: "the body or photo is larger than --max-upload-mb",
             422: "a parameter is out of range, the text is blank after normalisation, or the photo does not decode",
             503: "the models are still loading"}
     return {status: {"model": ErrorOut, "description": what[status]} for status in statuses}
@@ -233,7 +233,7 @@ def create_app(retriever: Retriever | None = None, *, max_upload_mb: float = 10.
             return run(_checked_text(body.text), body.k, body.per_dish)
         return run(_decode_image(body.image, max_upload), body.k, body.per_dish)
 
-    @app.post("/search/image", responses=_errors(413, 422, 503))
+    @app.post("/search/image", responses=_errors(400, 413, 422, 503))
     def search_image(file: Annotated[UploadFile, File(description="a JPEG/PNG/WebP photo")],
                      k: Annotated[int, Query(ge=1, le=MAX_K)] = 5,
                      per_dish: Annotated[int | None, Query(ge=1)] = None) -> SearchResponse:
