@@ -10,7 +10,8 @@ The pipeline runs on the bundled sample (data/sample) with CLIPfa-sized models o
    32, for text (tokenise + forward) and photos (forward on preprocessed pixels);
 2. the served answers (`python -m faclip serve`, client threads on loopback): queries/s and p50/p99 latency at
    concurrency 1, 8 and 32, for text and for photos, with batching on (--max-batch 32) and off (--max-batch 1);
-   the server's mean batch size comes from its /metrics.
+   the server's /metrics give the mean batch size and the share of the wall time its encoder was busy (the profile:
+what the encoder does not use is HTTP, JSON, tokenising, decoding and the client threads, on the same CPUs).
 
 It prints the two goals of issue #19: served text q/s at concurrency 32 >= 0.8 x the bare batched encoder's, and
 served text p50 at concurrency 1 <= 1.3 x (bare single-query time + the HTTP round trip of GET /healthz).
@@ -99,15 +100,48 @@ def http_round_trip(url: str) -> float:
     return timed(get, 50)
 
 
-def mean_batch(url: str) -> dict:
+def batch_counters(url: str) -> dict:
+    """From the server's /metrics: per kind, (forward passes, queries in them, seconds spent in them)."""
     with urllib.request.urlopen(url + "/metrics", timeout=10) as response:
         text = response.read().decode()
-    means = {}
-    for kind in ("text", "image"):
-        total = re.search(rf'faclip_batch_size_sum{{kind="{kind}"}} ([\d.e+]+)', text)
-        count = re.search(rf'faclip_batch_size_count{{kind="{kind}"}} ([\d.e+]+)', text)
-        means[kind] = float(total[1]) / float(count[1]) if total and count and float(count[1]) else float("nan")
-    return means
+
+    def value(name: str, kind: str) -> float:
+        found = re.search(rf'{name}{{kind="{kind}"}} ([\d.e+-]+)', text)
+        return float(found[1]) if found else 0.0
+
+    return {kind: (value("faclip_batch_size_count", kind), value("faclip_batch_size_sum", kind),
+                   value("faclip_encode_seconds_sum", kind)) for kind in ("text", "image")}
+
+
+def rss_mib(pid: int) -> tuple[float, float]:
+    """(current, peak) resident memory of a process, MiB (VmRSS, VmHWM)."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def png_burst(url: str, pid: int, uploads: int = 8, side: int = 8000) -> None:
+    """`uploads` concurrent uploads of a side x side PNG (a few hundred KB, 64 Mpx): the server's memory before/after."""
+    import io
+    from concurrent.futures import ThreadPoolExecutor
+
+    import httpx
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (side, side), (150, 80, 40)).save(buffer, "PNG")
+    png = buffer.getvalue()
+    rss, peak = rss_mib(pid)
+
+    def upload(_):
+        return httpx.post(url + "/search/image", files={"file": ("big.png", png, "image/png")}, timeout=600).status_code
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=uploads) as pool:
+        statuses = list(pool.map(upload, range(uploads)))
+    after, peak_after = rss_mib(pid)
+    print(f"  {uploads} concurrent uploads of a {len(png) // 1024} KB {side}x{side} PNG: statuses {sorted(set(statuses))} "
+          f"in {time.perf_counter() - start:.1f} s; server RSS {rss:.0f} MiB before, {after:.0f} MiB after, "
+          f"peak {peak:.0f} -> {peak_after:.0f} MiB (+{peak_after - peak:.0f})", flush=True)
 
 
 def served(root: Path, texts: list[str], photos: list[bytes], threads: int, max_batch: int, tmp: Path) -> list:
@@ -120,18 +154,25 @@ def served(root: Path, texts: list[str], photos: list[bytes], threads: int, max_
         http = http_round_trip(url)
         for kind in ("text", "photo"):
             for concurrency in CONCURRENCY:
-                before = mean_batch(url)
+                before = batch_counters(url)
                 requests = max(32, 4 * concurrency) if kind == "text" else max(16, 3 * concurrency)
                 result = run_load(url, texts, photos, requests=requests, concurrency=concurrency,
                                   photo_share=1.0 if kind == "photo" else 0.0, k=5, max_seconds=600)
+                after = batch_counters(url)["text" if kind == "text" else "image"]
+                passes, queries_in, encode_s = (x - y for x, y in zip(after, before["text" if kind == "text" else "image"]))
                 latencies = np.array([r[2] for r in result["rows"]])
                 p50, p99 = np.percentile(latencies, [50, 99])
-                rows.append({"kind": kind, "concurrency": concurrency, "qps": len(latencies) / result["wall_s"],
-                             "p50": p50, "p99": p99, "errors": len(result["errors"]),
-                             "batch": mean_batch(url)["text" if kind == "text" else "image"], "before": before})
-                print(f"  max-batch {max_batch:2d}  {kind:<5} c={concurrency:2d}: {rows[-1]['qps']:6.1f} q/s   "
-                      f"p50 {p50:7.1f} ms   p99 {p99:7.1f} ms   mean batch so far {rows[-1]['batch']:.1f}   "
-                      f"errors {rows[-1]['errors']}", flush=True)
+                row = {"kind": kind, "concurrency": concurrency, "qps": len(latencies) / result["wall_s"],
+                       "p50": p50, "p99": p99, "errors": len(result["errors"]),
+                       "batch": queries_in / passes if passes else float("nan"),
+                       "busy": encode_s / result["wall_s"], "took": float(np.nanmedian([r[3] for r in result["rows"]]))}
+                rows.append(row)
+                print(f"  max-batch {max_batch:2d}  {kind:<5} c={concurrency:2d}: {row['qps']:6.1f} q/s   "
+                      f"p50 {p50:7.1f} ms   p99 {p99:7.1f} ms   mean batch {row['batch']:4.1f}   "
+                      f"model busy {row['busy']:4.0%} of the wall time   server took_ms p50 {row['took']:7.1f}   "
+                      f"errors {row['errors']}", flush=True)
+        if max_batch > 1:
+            png_burst(url, server.pid)
     finally:
         server.terminate()
         server.wait(timeout=30)

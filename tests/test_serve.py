@@ -354,7 +354,10 @@ def test_serve_refuses_a_stale_index_with_one_line(artifacts, tmp_path):
 
 
 @pytest.mark.parametrize("args, words", [(["--max-upload-mb", "0"], "--max-upload-mb 0 is invalid"),
-                                         (["--cors-origin", "*"], "name the origins instead")])
+                                         (["--cors-origin", "*"], "name the origins instead"),
+                                         (["--max-batch", "0"], "--max-batch 0 is invalid"),
+                                         (["--max-wait-ms", "-1"], "--max-wait-ms -1 is invalid"),
+                                         (["--max-wait-ms", "nan"], "--max-wait-ms nan is invalid")])
 def test_serve_option_errors_are_one_line(args, words, capsys):
     from faclip.__main__ import main
 
