@@ -207,6 +207,11 @@ def main(argv=None) -> None:
         results = {}
         for max_batch in (32, 1):
             results[max_batch] = served(root, texts, photos, args.threads, max_batch, Path(tmp))
+        # The CPUs are shared: the encoder again, after, shows how much the machine's load moved meanwhile.
+        again = bare_encoder(root, texts, photos, args.threads)
+        for kind, (single, batched, seconds) in again.items():
+            print(f"  bare {kind:<5} encoder, again after: {single:6.1f} q/s one at a time ({seconds * 1000:.1f} ms), "
+                  f"{batched:6.1f} q/s in batches of 32", flush=True)
         print(f"load average after: {load_average()}")
 
     text_single, text_batched, text_seconds = bare["text"]
