@@ -129,8 +129,11 @@ class Retriever:
 
         At most `decode_budget` pixels are decoded at once, in all threads; an image larger than the model
         needs is shrunk right after decoding (a JPEG is already decoded smaller)."""
-        with self._model_lock:
-            _, processor = self._vision
+        vision = self.__dict__.get("_vision")  # loaded: no lock, so photos preprocess while a batch encodes
+        if vision is None:
+            with self._model_lock:
+                vision = self._vision
+        processor = vision[1]
         min_side = decode_min_side(processor)
         with self.decode_budget.hold(decoded_pixels(image, min_side)):
             rgb = shrink(load_rgb(image, min_side), min_side)
