@@ -88,7 +88,8 @@ def bare_encoder(root: Path, texts: list[str], photos: list[bytes], threads: int
     together = encode_texts(text_model, tokenizer, batch, max_len=max_len, batch_size=32)
     alone = np.concatenate([encode_texts(text_model, tokenizer, [text], max_len=max_len) for text in batch])
     print(f"  padding check: 32 texts of {min(map(len, batch))}-{max(map(len, batch))} characters, "
-          f"max |batched - alone| = {np.abs(together - alone).max():.2e} (cosine scores move by at most that)", flush=True)
+          f"max ||batched - alone|| = {np.linalg.norm(together - alone, axis=1).max():.2e} (a bound on how far "
+          "any cosine score moves)", flush=True)
     vision, processor = load_vision_model(root / "models/base/vision", device=torch.device("cpu"))
     pixels = torch.stack([preprocess_image(processor, load_rgb(p, decode_min_side(processor)))
                           for p in (photos * 4)[:32]])
