@@ -149,19 +149,22 @@ class Retriever:
         for kind in ("text", "image"):
             rows = [i for i, query in enumerate(queries) if query.kind == kind]
             if rows:
-                start = time.perf_counter()
                 vectors[rows] = self._encode(kind, [queries[i] for i in rows])
-                if self.on_batch is not None:
-                    self.on_batch(kind, len(rows), time.perf_counter() - start)
         return self._search(vectors, queries)
 
     def _encode(self, kind: str, queries: list[Query]) -> np.ndarray:
         with self._model_lock:
+            start = time.perf_counter()  # inside the lock: the forward pass, not the wait for it
             if kind == "text":
-                return encode_texts(self.text_model, self.tokenizer, [q.text for q in queries],
-                                    max_len=self.max_len, batch_size=len(queries))  # (B, D)
-            model, _ = self._vision
-            return encode_pixels(model, torch.stack([q.pixels for q in queries]))  # (B, D)
+                vectors = encode_texts(self.text_model, self.tokenizer, [q.text for q in queries],
+                                       max_len=self.max_len, batch_size=len(queries))  # (B, D)
+            else:
+                model, _ = self._vision
+                vectors = encode_pixels(model, torch.stack([q.pixels for q in queries]))  # (B, D)
+            seconds = time.perf_counter() - start
+        if self.on_batch is not None:
+            self.on_batch(kind, len(queries), seconds)
+        return vectors
 
     def _search(self, vectors: np.ndarray, queries: list[Query]) -> list[list[Hit]]:
         # Queries asking for the same depth are searched together. With a per-dish cap the top k passages may
