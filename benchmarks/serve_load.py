@@ -45,26 +45,26 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(root: Path, port: int, threads: int, log_path: Path) -> subprocess.Popen:
-    """`python -m faclip serve` over root's models/ and data/docstore.parquet; returns once /healthz answers."""
+def start_server(root: Path, port: int, threads: int, log_path: Path, extra: tuple[str, ...] = ()) -> subprocess.Popen:
+    """`python -m faclip serve` over root's models/ and data/docstore.parquet; returns once /readyz answers 200."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     args = ["--model", root / "models/finetuned", "--vision", root / "models/base/vision",
             "--index", root / "models/index", "--docstore", root / "data/docstore.parquet"]
     log = open(log_path, "w", encoding="utf-8")
     server = subprocess.Popen([sys.executable, "-m", "faclip", "serve", "--port", str(port),
-                               "--threads", str(threads), *map(str, args)],
+                               "--threads", str(threads), *map(str, args), *extra],
                               cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
         if server.poll() is not None:
             raise SystemExit(f"the server exited {server.returncode}:\n{log_path.read_text(encoding='utf-8')}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):
-                return server
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2):
+                return server  # 200: loaded (503 while loading raises HTTPError, an OSError)
         except OSError:
             time.sleep(0.3)
     server.kill()
-    raise SystemExit(f"the server did not answer /healthz in 180 s; see {log_path}")
+    raise SystemExit(f"the server was not ready (/readyz) in 180 s; see {log_path}")
 
 
 def sample_photos(data_root: Path, limit: int = 64) -> list[bytes]:

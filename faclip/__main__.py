@@ -40,6 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-upload-mb", type=float, default=10.0, help="largest photo accepted, in MB (default 10)")
     serve.add_argument("--threads", type=int, default=None,
                        help="torch threads for encoding queries (default: the CPU cores this process may use)")
+    serve.add_argument("--max-batch", type=int, default=32, metavar="N",
+                       help="encode up to N concurrent queries in one forward pass (default 32; 1: no batching)")
+    serve.add_argument("--max-wait-ms", type=float, default=2.0, metavar="MS",
+                       help="how long a batch waits for more queries once the model is free (default 2 ms)")
     serve.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                        help="let a web page on ORIGIN (e.g. http://localhost:3000) call the API; repeatable")
     add_artifact_arguments(serve)
@@ -121,7 +125,7 @@ def serve_command(args: argparse.Namespace) -> None:
     transformers.utils.logging.disable_progress_bar()
     serve(model_dir=args.model, vision_dir=args.vision, index_dir=args.index, docstore_path=args.docstore,
           host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, threads=args.threads,
-          cors_origins=tuple(args.cors_origin))
+          cors_origins=tuple(args.cors_origin), max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
 
 
 def plots_command(args: argparse.Namespace) -> None:

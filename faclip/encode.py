@@ -22,7 +22,8 @@ logger = logging.getLogger(__name__)
 # shorter side >= 2x the model's input, so the processor's own resize still does the last step. A 12 MP
 # photo then decodes several times faster (BENCHMARKS.md, "Photo-sized images"). Vectors differ from a full
 # decode's by a cosine > 0.99, so cached vectors are keyed by DECODE: another decode never mixes in.
-# "-v2": 32-bit and float greys are scaled by their range, transparency keys composited (faclip.images).
+# "-v2": 32-bit and float greys are scaled by their range, transparency keys composited, and every format
+# reduced by a whole factor down to 2x the model's input as a JPEG's draft is (faclip.images).
 JPEG_DRAFT = True
 DECODE = ("jpeg-draft-2x" if JPEG_DRAFT else "full") + "-v2"
 
@@ -130,7 +131,7 @@ class _ImageDataset(torch.utils.data.Dataset):
             image = load_rgb(self.sources[i], self.min_side)
         except FaclipError as err:
             return str(err)  # raised in a worker it would reach us as traceback text: pass the message as data
-        return self.processor(images=image, return_tensors="pt")["pixel_values"][0]  # (3, H, W)
+        return preprocess_image(self.processor, image)  # (3, H, W)
 
 
 def _collate_pixels(items: list[torch.Tensor | str]) -> torch.Tensor | str:
@@ -149,13 +150,24 @@ def encode_images(model, processor, sources: Sequence[ImageSource], *, batch_siz
         collate_fn=_collate_pixels, pin_memory=device.type == "cuda",
     )
     chunks = []
-    with _eval_mode(model):
-        for pixels in tqdm(loader, desc="encode images", disable=not progress, unit="batch"):
-            if isinstance(pixels, str):
-                raise FaclipError(pixels)
-            with _autocast(device):
-                feats = image_features(model, pixels.to(device))  # (B, D)
-            chunks.append(torch.nn.functional.normalize(feats.float(), dim=-1).cpu())
+    for pixels in tqdm(loader, desc="encode images", disable=not progress, unit="batch"):
+        if isinstance(pixels, str):
+            raise FaclipError(pixels)
+        chunks.append(encode_pixels(model, pixels))
     if not chunks:
         return np.zeros((0, model.config.hidden_size), dtype=np.float32)
-    return torch.cat(chunks).numpy()
+    return np.concatenate(chunks)
+
+
+def preprocess_image(processor, image: Image.Image) -> torch.Tensor:
+    """One decoded RGB image as the model's input (3, H, W): the processor's resize, crop and normalisation."""
+    return processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+
+@torch.no_grad()
+def encode_pixels(model, pixels: torch.Tensor) -> np.ndarray:
+    """One batch of preprocessed images (B, 3, H, W) to L2-normalised float32 vectors (B, D)."""
+    device = next(model.parameters()).device
+    with _eval_mode(model), _autocast(device):
+        feats = image_features(model, pixels.to(device))  # (B, D)
+    return torch.nn.functional.normalize(feats.float(), dim=-1).cpu().numpy()

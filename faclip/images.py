@@ -15,6 +15,7 @@ What it returns is upright (EXIF orientation applied; EXIF Pillow cannot parse i
 are used as stored) 8-bit RGB: transparent pixels over white, 16/32-bit and float greys scaled to 0..255.
 """
 
+import contextlib
 import io
 import logging
 import re
@@ -72,24 +73,27 @@ def error_detail(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
-def load_rgb(source: ImageSource, min_side: int | None = None) -> Image.Image:
+def load_rgb(source: ImageSource, min_side: int | None = None, budget=None) -> Image.Image:
     """An image (a path, bytes or a PIL image) as upright 8-bit RGB, through every guard above.
 
-    With `min_side`, a JPEG is decoded at the smallest DCT scale whose both sides stay >= min_side.
+    With `min_side`, a JPEG is decoded at the smallest DCT scale whose both sides stay >= min_side, and any
+    image is then reduced by the largest whole factor that keeps its shorter side >= min_side.
+    With `budget` (a `faclip.batching.PixelBudget`), the decode holds its pixels from the budget, so
+    concurrent decodes (a server's uploads) never hold more than the budget at once.
     A path that is not a regular file is refused unopened (`search --image` on a FIFO does not hang)."""
     if isinstance(source, Image.Image):
         return _guarded(source, "the given image", min_side=None)
     if isinstance(source, bytes):
-        return decode_image(source, "the uploaded bytes", min_side)
+        return decode_image(source, "the uploaded bytes", min_side, budget)
     name = str(source)
     try:
         data = read_regular_file(source, None, MAX_IMAGE_BYTES)
     except RefusedFile as refused:
         raise ImageRefused(name, refused.kind, refused.detail) from None
-    return decode_image(data, name, min_side)
+    return decode_image(data, name, min_side, budget)
 
 
-def decode_image(data: bytes, name: str, min_side: int | None = None) -> Image.Image:
+def decode_image(data: bytes, name: str, min_side: int | None = None, budget=None) -> Image.Image:
     """An image file's bytes as upright 8-bit RGB (see `load_rgb`); `name` names it in errors."""
     try:
         image = Image.open(io.BytesIO(data), formats=FORMATS)
@@ -102,18 +106,19 @@ def decode_image(data: bytes, name: str, min_side: int | None = None) -> Image.I
     except Exception as err:  # a malformed header (a PPM size `4x`: ValueError), among others
         raise ImageRefused(name, "corrupt", error_detail(err)) from None
     with image:
-        return _guarded(image, name, min_side)
+        return _guarded(image, name, min_side, budget)
 
 
-def _guarded(image: Image.Image, name: str, min_side: int | None) -> Image.Image:
+def _guarded(image: Image.Image, name: str, min_side: int | None, budget=None) -> Image.Image:
     problem = image_size_problem(*image.size) or _tile_problem(image)  # from the header: nothing decoded yet
     if problem is not None:
         raise ImageRefused(name, *problem)
     try:
         if min_side and image.format == "JPEG":
-            image.draft(image.mode, (min_side, min_side))
-        image.load()  # the full decode: a truncated or corrupt file fails here
-        return _to_rgb(image, name)
+            image.draft(image.mode, (min_side, min_side))  # sets the reduced size; decodes nothing yet
+        with budget.hold(image.width * image.height) if budget is not None else contextlib.nullcontext():
+            image.load()  # the full decode: a truncated or corrupt file fails here
+            return _reduced(_to_rgb(image, name), min_side)
     except Image.DecompressionBombError as err:
         raise ImageRefused(name, "too_large", error_detail(err)) from None
     except MemoryError:
@@ -131,6 +136,13 @@ def _tile_problem(image: Image.Image) -> tuple[str, str] | None:
         return "too_large", (f"its TIFF tiles are {width}x{length} pixels, more than the "
                              f"{MAX_IMAGE_PIXELS // 1_000_000} Mpx limit")
     return None
+
+
+def _reduced(image: Image.Image, min_side: int | None) -> Image.Image:
+    """`image` reduced by the largest whole factor that keeps its shorter side >= `min_side`: what a JPEG's
+    draft saves, for every format (the vision processor resizes to its input size after this anyway)."""
+    factor = min(image.size) // min_side if min_side else 1
+    return image.reduce(factor) if factor >= 2 else image
 
 
 def _to_rgb(image: Image.Image, name: str) -> Image.Image:

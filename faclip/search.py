@@ -15,17 +15,20 @@ import dataclasses
 import json
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from faclip.artifacts import DEFAULT_DOCSTORE, DEFAULT_INDEX, DEFAULT_MODEL, DEFAULT_VISION
-from faclip.encode import (CHARS_PER_TOKEN_BOUND, ImageSource, decode_min_side, encode_images, encode_texts, load_rgb,
-                           pick_device)
+from faclip.batching import Batcher, PixelBudget
+from faclip.encode import (CHARS_PER_TOKEN_BOUND, ImageSource, decode_min_side, encode_pixels, encode_texts,
+                           load_rgb, pick_device, preprocess_image)
 from faclip.errors import FaclipError
-from faclip.files import sha256_dir
+from faclip.files import MAX_IMAGE_PIXELS, sha256_dir
 from faclip.index import load_index, search
 from faclip.models import check_same_vision, load_text_model, load_vision_model, text_max_len
 from faclip.tables import load_docstore
@@ -34,6 +37,8 @@ from faclip.vqa import CANDIDATES, DEFAULT_PHOTO_WEIGHT, LexicalIndex, check_pho
 
 logger = logging.getLogger(__name__)
 
+# Pixels being decoded at once, in all threads (about 8 bytes each at the peak of a PNG decode: ~0.5 GB).
+DECODE_BUDGET_PIXELS = MAX_IMAGE_PIXELS
 EMPTY_TEXT = 'the text query is empty; give a few words, e.g. --text "قورمه سبزی"'
 
 
@@ -52,16 +57,34 @@ class Hit:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True)
+class Query:
+    """One query of a batch: a text, or a photo already preprocessed to the vision model's input (3, H, W),
+    optionally with a question about it (`ask`: the photo's candidates re-ranked with the question)."""
+
+    text: str | None = None
+    pixels: torch.Tensor | None = None
+    question: str | None = None
+    k: int = 5
+    per_dish: int | None = None
+    photo_weight: float = DEFAULT_PHOTO_WEIGHT
+
+    @property
+    def kind(self) -> str:
+        return "image" if self.pixels is not None else "text"
+
+
 class Retriever:
     """Loads the text model, index and docstore once (the vision model on the first image query).
 
     Safe to share between threads (a web server's workers): model calls take a lock, because a
-    tokenizer or model is not re-entrant; decoding a photo and the FAISS search run outside it.
+    tokenizer or model is not re-entrant; decoding a photo runs outside it, at most `decode_budget`
+    pixels at once. `start_batching()` (what `faclip serve` does) encodes concurrent queries together.
     """
 
     def __init__(self, model_dir: str | Path = DEFAULT_MODEL, vision_dir: str | Path = DEFAULT_VISION,
                  index_dir: str | Path = DEFAULT_INDEX, docstore_path: str | Path = DEFAULT_DOCSTORE,
-                 device=None):
+                 device=None, decode_budget: int = DECODE_BUDGET_PIXELS):
         self.model_dir, self.vision_dir = Path(model_dir), Path(vision_dir)
         self.device = device or pick_device()
         docstore = load_docstore(docstore_path)
@@ -71,6 +94,10 @@ class Retriever:
         self.text_model, self.tokenizer = load_text_model(model_dir, device=self.device)
         self.max_len = text_max_len(model_dir, self.tokenizer, self.text_model)
         self._model_lock = threading.Lock()
+        self.decode_budget = PixelBudget(decode_budget)
+        self._batchers: dict[str, Batcher] = {}
+        # Called after each encode as on_batch(kind, queries, seconds): how `serve` exports batch metrics.
+        self.on_batch = None
 
     @cached_property
     def _vision(self):
@@ -78,16 +105,31 @@ class Retriever:
         check_same_vision(self.model_dir, sha256_dir(self.vision_dir), f"the images encoded by {self.vision_dir}")
         return load_vision_model(self.vision_dir, device=self.device)
 
+    @cached_property
+    def _lexical(self) -> LexicalIndex:
+        # Built on the first question (~3.5 s per 10k passages on 2 busy cores), so photo and text searches never pay.
+        return LexicalIndex(self.passages["passage_text"].tolist(), self.max_len * CHARS_PER_TOKEN_BOUND)
+
+    def start_batching(self, max_batch: int = 32, max_wait_ms: float = 2.0) -> None:
+        """From now on concurrent `by_text` calls are encoded in one forward pass, and so are the photos of
+        concurrent `by_image` / `ask` calls.
+
+        A worker thread per kind runs `search_batch` on what is waiting (up to `max_batch`, topped up for at
+        most `max_wait_ms`). A query's hits do not depend on what it was batched with."""
+        for kind in ("text", "image"):
+            self._batchers[kind] = Batcher(lambda queries: self.search_batch(queries), max_batch=max_batch,
+                                           max_wait_ms=max_wait_ms, name=f"faclip-{kind}-batcher")
+
     def by_image(self, image: ImageSource, k: int = 5, per_dish: int | None = None) -> list[Hit]:
         """The k passages closest to a photo (path, bytes or PIL image); at most `per_dish` per food_id."""
         check_k(k, per_dish)
-        return self._search(self._image_query(image), k, per_dish)
+        return self._run(Query(pixels=self.image_pixels(image), k=k, per_dish=per_dish))
 
     def by_text(self, text: str, k: int = 5, per_dish: int | None = None) -> list[Hit]:
         """The k passages closest to a text query; at most `per_dish` per food_id."""
         check_k(k, per_dish)
         check_text_query(text)
-        return self._search(self._text_query(text), k, per_dish)
+        return self._run(Query(text=text, k=k, per_dish=per_dish))
 
     def ask(self, image: ImageSource, question: str, k: int = 5, per_dish: int | None = None,
             photo_weight: float = DEFAULT_PHOTO_WEIGHT) -> list[Hit]:
@@ -97,53 +139,94 @@ class Retriever:
         check_k(k, per_dish)
         check_text_query(question)
         photo_weight = check_photo_weight(photo_weight)
-        question_scores = self._lexical.scores(question)  # (N,)
-        return self._search(self._image_query(image), k, per_dish, depth=CANDIDATES,
-                            rerank=lambda scores, rows: together_scores(scores, rows, question_scores, photo_weight))
+        return self._run(Query(pixels=self.image_pixels(image), question=question, k=k, per_dish=per_dish,
+                               photo_weight=photo_weight))
 
-    @cached_property
-    def _lexical(self) -> LexicalIndex:
-        # Built on the first question (~3.5 s per 10k passages on 2 busy cores), so photo and text searches never pay.
-        return LexicalIndex(self.passages["passage_text"].tolist(), self.max_len * CHARS_PER_TOKEN_BOUND)
+    def image_pixels(self, image: ImageSource) -> torch.Tensor:
+        """A photo decoded as `embed` decodes it and preprocessed for the vision model (3, H, W); unreadable: one line.
 
-    def _image_query(self, image: ImageSource) -> np.ndarray:
-        """A photo (path, bytes or PIL image) as a query vector (1, D), decoded as `embed` decodes it."""
+        At most `decode_budget` pixels are decoded at once, in all threads (`load_rgb`'s budget)."""
+        vision = self.__dict__.get("_vision")  # loaded: no lock, so photos preprocess while a batch encodes
+        if vision is None:
+            with self._model_lock:
+                vision = self._vision
+        processor = vision[1]
+        rgb = load_rgb(image, decode_min_side(processor), budget=self.decode_budget)
+        return preprocess_image(processor, rgb)
+
+    def _run(self, query: Query) -> list[Hit]:
+        batcher = self._batchers.get(query.kind)
+        return batcher.submit(query) if batcher is not None else self.search_batch([query])[0]
+
+    def search_batch(self, queries: list[Query]) -> list[list[Hit]]:
+        """Hits for each query: the texts encoded in one forward pass, the photos in another, one search per depth."""
+        vectors = np.zeros((len(queries), self.index.d), dtype=np.float32)
+        for kind in ("text", "image"):
+            rows = [i for i, query in enumerate(queries) if query.kind == kind]
+            if rows:
+                vectors[rows] = self._encode(kind, [queries[i] for i in rows])
+        return self._search(vectors, queries)
+
+    def _encode(self, kind: str, queries: list[Query]) -> np.ndarray:
         with self._model_lock:
-            model, processor = self._vision
-        image = load_rgb(image, decode_min_side(processor))  # unreadable: one line
-        with self._model_lock:
-            return encode_images(model, processor, [image])  # (1, D)
+            start = time.perf_counter()  # inside the lock: the forward pass, not the wait for it
+            if kind == "text":
+                vectors = encode_texts(self.text_model, self.tokenizer, [q.text for q in queries],
+                                       max_len=self.max_len, batch_size=len(queries))  # (B, D)
+            else:
+                model, _ = self._vision
+                vectors = encode_pixels(model, torch.stack([q.pixels for q in queries]))  # (B, D)
+            seconds = time.perf_counter() - start
+        if self.on_batch is not None:
+            self.on_batch(kind, len(queries), seconds)
+        return vectors
 
-    def _text_query(self, text: str) -> np.ndarray:
-        """A text (a dish name, a question) as a query vector (1, D), cut and encoded as passages are."""
-        with self._model_lock:
-            return encode_texts(self.text_model, self.tokenizer, [text], max_len=self.max_len)  # (1, D)
+    def _search(self, vectors: np.ndarray, queries: list[Query]) -> list[list[Hit]]:
+        # Queries asking for the same depth are searched together. With a per-dish cap the top k passages may
+        # hold too few dishes: widen that query's search until k passages pass the cap or the whole index was
+        # searched. A question re-ranks at least the photo's CANDIDATES best passages. A query's depth depends
+        # on its own k, per_dish and question only, so its hits do not depend on its batch-mates (an
+        # approximate index may answer differently at another depth).
+        ntotal = self.index.ntotal
+        results: list[list[Hit] | None] = [None] * len(queries)
+        depth = {i: min(max(q.k if q.per_dish is None else q.k * 4, CANDIDATES if q.question else 0), ntotal)
+                 for i, q in enumerate(queries)}
+        question_scores = {i: self._lexical.scores(q.question) for i, q in enumerate(queries) if q.question}  # (N,)
+        pending = list(range(len(queries)))
+        while pending:
+            by_depth: dict[int, list[int]] = {}
+            for i in pending:
+                by_depth.setdefault(depth[i], []).append(i)
+            pending = []
+            for fetch, rows in by_depth.items():
+                scores, ids = search(self.index, vectors[rows], fetch)  # (len(rows), fetch) each
+                for row, i in enumerate(rows):
+                    query, found = queries[i], (scores[row], ids[row])
+                    if i in question_scores:
+                        found = together_scores(*found, question_scores[i], query.photo_weight)
+                    hits = self._hits(*found, query.k, query.per_dish)
+                    if len(hits) == query.k or query.per_dish is None or fetch >= ntotal:
+                        results[i] = hits
+                    else:
+                        depth[i] = min(fetch * 4, ntotal)
+                        pending.append(i)
+        return results
 
-    def _search(self, query: np.ndarray, k: int, per_dish: int | None, depth: int = 0, rerank=None) -> list[Hit]:
-        # With a per-dish cap the top k passages may hold too few dishes: widen the search until k
-        # passages pass the cap or the whole index was searched. `rerank(scores, rows) -> (scores, rows)`
-        # reorders the (at least `depth`) passages fetched before they become hits.
-        fetch = max(k if per_dish is None else k * 4, depth)
-        fetch = min(fetch, self.index.ntotal)
-        while True:
-            scores, ids = search(self.index, query, fetch)  # (1, fetch) each
-            scores, ids = (scores[0], ids[0]) if rerank is None else rerank(scores[0], ids[0])
-            hits, per_food = [], {}
-            for score, i in zip(scores.tolist(), ids.tolist()):
-                if i < 0:  # an approximate index may return fewer than k results
+    def _hits(self, scores: np.ndarray, ids: np.ndarray, k: int, per_dish: int | None) -> list[Hit]:
+        hits, per_food = [], {}
+        for score, i in zip(scores.tolist(), ids.tolist()):
+            if i < 0:  # an approximate index may return fewer than k results
+                continue
+            row = self.passages.iloc[i]
+            if per_dish is not None:
+                if per_food.get(row["food_id"], 0) >= per_dish:
                     continue
-                row = self.passages.iloc[i]
-                if per_dish is not None:
-                    if per_food.get(row["food_id"], 0) >= per_dish:
-                        continue
-                    per_food[row["food_id"]] = per_food.get(row["food_id"], 0) + 1
-                hits.append(Hit(rank=len(hits) + 1, score=float(score), passage_id=row["id"],
-                                food_id=row["food_id"], title=row["title"], passage_text=row["passage_text"]))
-                if len(hits) == k:
-                    return hits
-            if per_dish is None or fetch >= self.index.ntotal:
-                return hits
-            fetch = min(fetch * 4, self.index.ntotal)
+                per_food[row["food_id"]] = per_food.get(row["food_id"], 0) + 1
+            hits.append(Hit(rank=len(hits) + 1, score=float(score), passage_id=row["id"],
+                            food_id=row["food_id"], title=row["title"], passage_text=row["passage_text"]))
+            if len(hits) == k:
+                break
+        return hits
 
 
 def check_k(k, per_dish=None) -> None:

@@ -84,13 +84,13 @@ class Server:
             if self.process.poll() is not None:
                 raise AssertionError(f"faclip serve exited {self.process.returncode}:\n{self.log()}")
             try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=2) as response:
-                    if json.load(response) == {"status": "ok"}:
+                with urllib.request.urlopen(self.url + "/readyz", timeout=2) as response:  # 503 while loading
+                    if json.load(response) == {"ready": True}:
                         return
             except OSError:
                 time.sleep(0.2)
         self.stop()
-        raise AssertionError(f"faclip serve did not answer /healthz in {timeout:.0f} s:\n{self.log()}")
+        raise AssertionError(f"faclip serve was not ready (/readyz) in {timeout:.0f} s:\n{self.log()}")
 
     def log(self) -> str:
         self._log.flush()

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 from conftest import REPO
-from serve_fixtures import MARKUP_PASSAGE, Server, build_artifacts, faclip_env
+from serve_fixtures import MARKUP_PASSAGE, Server, build_artifacts, faclip_env, free_port
 
 from faclip.serve import body_limit
 
@@ -210,9 +210,10 @@ def _bad_requests(photo: bytes):
         ("post-k-float", "POST", "/search", {"json": {"text": text, "k": 2.5}}, 422, "k: Input should be a valid integer"),
         ("post-k-bool", "POST", "/search", {"json": {"text": text, "k": True}}, 422, "k: Input should be a valid integer"),
         ("post-k-huge", "POST", "/search", {"json": {"text": text, "k": 101}}, 422, "less than or equal to 100"),
-        ("post-unknown-field", "POST", "/search", {"json": {"txt": text}}, 422, "txt: unknown field"),
+        ("post-unknown-field", "POST", "/search", {"json": {"txt": text}}, 422, "unknown field 'txt'"),
         ("post-bad-base64", "POST", "/search", {"json": {"image": "not*base64!"}}, 422, "not valid base64"),
-        ("post-empty-image", "POST", "/search", {"json": {"image": ""}}, 422, "image is empty"),
+        ("post-empty-image", "POST", "/search", {"json": {"image": ""}}, 422, "image: String should have at least 1"),
+        ("post-null-text", "POST", "/search", {"json": {"text": None, "image": "aGk="}}, 422, "text: Input should be a valid string"),
         ("post-base64-not-image", "POST", "/search", {"json": {"image": b64(b"just some text")}}, 422,
          "cannot read image"),
         ("upload-none", "POST", "/search/image", {"data": {"k": "3"}}, 422, "no file uploaded"),
@@ -344,7 +345,7 @@ def test_serve_refuses_a_stale_index_with_one_line(artifacts, tmp_path):
     artifacts.docstore.iloc[1:].to_parquet(tmp_path / "docstore.parquet", index=False)  # another docstore
     args = artifacts.cli_args()
     args[args.index("--docstore") + 1] = str(tmp_path / "docstore.parquet")
-    result = subprocess.run([sys.executable, "-m", "faclip", "serve", "--port", "9", *args], cwd=REPO,
+    result = subprocess.run([sys.executable, "-m", "faclip", "serve", "--port", str(free_port()), *args], cwd=REPO,
                             env=faclip_env(), capture_output=True, text=True, encoding="utf-8", timeout=120)
     assert result.returncode == 2
     errors = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("INFO")]
@@ -352,7 +353,10 @@ def test_serve_refuses_a_stale_index_with_one_line(artifacts, tmp_path):
 
 
 @pytest.mark.parametrize("args, words", [(["--max-upload-mb", "0"], "--max-upload-mb 0 is invalid"),
-                                         (["--cors-origin", "*"], "name the origins instead")])
+                                         (["--cors-origin", "*"], "name the origins instead"),
+                                         (["--max-batch", "0"], "--max-batch 0 is invalid"),
+                                         (["--max-wait-ms", "-1"], "--max-wait-ms -1 is invalid"),
+                                         (["--max-wait-ms", "nan"], "--max-wait-ms nan is invalid")])
 def test_serve_option_errors_are_one_line(args, words, capsys):
     from faclip.__main__ import main
 

@@ -146,3 +146,25 @@ def test_phone_width_is_one_column_without_sideways_scrolling(browser, server, s
     assert search_box["width"] > PHONE["width"] / 2  # the text field is not squeezed beside the photo zone
     tab.screenshot(path=shots / "text-search-phone.png", full_page=True)
     context.close()
+
+
+def test_docs_page_renders_offline_under_the_csp(page, server, shots):
+    outside = []
+
+    def only_this_server(route):
+        if route.request.url.startswith(server.url):
+            return route.continue_()
+        outside.append(route.request.url)
+        return route.abort()
+
+    page.context.route("**/*", only_this_server)  # no CDN: anything not from this server fails
+    page.goto("/docs")
+    page.wait_for_selector(".opblock-summary-path")
+    paths = page.eval_on_selector_all(".opblock-summary-path", "els => els.map(e => e.textContent.trim())")
+    assert {"/search", "/search/image", "/readyz", "/metrics"} <= set(paths), paths
+    page.click(".opblock-post .opblock-summary")  # POST /search opens, with its responses
+    page.wait_for_selector(".responses-table")
+    assert {"400", "413", "422"} <= set(page.eval_on_selector_all(
+        ".opblock.is-open .response-col_status", "els => els.map(e => e.textContent.trim())"))
+    assert not outside, outside
+    page.screenshot(path=shots / "docs-laptop.png", full_page=False)

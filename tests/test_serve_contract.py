@@ -1,0 +1,293 @@
+"""The serving layer in process (FastAPI's TestClient over tiny artifacts): batching, readiness, metrics,
+the OpenAPI contract (schemathesis), /docs offline, bounded error bodies and decode memory, escaped logs."""
+
+import io
+import logging
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+from serve_fixtures import Server, build_artifacts
+
+from faclip.batching import Batcher, PixelBudget
+from faclip.search import Query, Retriever
+from faclip.serve import MAX_DETAIL_CHARS, PAGE_CSP, create_app, log_safe, set_retriever
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory, tiny_model_dirs):
+    return build_artifacts(tmp_path_factory.mktemp("contract"), tiny_model_dirs)
+
+
+def _retriever(artifacts, **kwargs) -> Retriever:
+    return Retriever(artifacts.text_dir, artifacts.vision_dir, artifacts.index_dir, artifacts.docstore_path,
+                     device="cpu", **kwargs)
+
+
+@pytest.fixture(scope="module")
+def retriever(artifacts):
+    return _retriever(artifacts)
+
+
+@pytest.fixture(scope="module")
+def app(artifacts):
+    batched = _retriever(artifacts)
+    batched.start_batching(max_batch=32, max_wait_ms=5)
+    return create_app(batched, max_upload_mb=1)
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    return TestClient(app)
+
+
+def _photos(count: int) -> list[bytes]:
+    from conftest import draw_dish_image
+    import io
+
+    photos = []
+    for i in range(count):
+        buffer = io.BytesIO()
+        draw_dish_image(i % 5, i, size=96).save(buffer, "JPEG", quality=90)
+        photos.append(buffer.getvalue())
+    return photos
+
+
+def _same(batched, alone) -> None:
+    assert [(h.passage_id, h.rank) for h in batched] == [(h.passage_id, h.rank) for h in alone]
+    assert [h.score for h in batched] == pytest.approx([h.score for h in alone], abs=1e-5)
+
+
+# --- batching --------------------------------------------------------------------------------------------
+
+
+def test_a_query_gets_the_same_hits_alone_and_in_a_batch_of_32(retriever, artifacts):
+    # Texts of very different lengths, so the short ones are padded in the batch (attention masks must hide it).
+    texts = [row.passage_text for row in artifacts.docstore.itertuples()] + ["آش", "کباب کوبیده با نان و گوجه"]
+    texts = (texts * 4)[:32]
+    photos = [retriever.image_pixels(photo) for photo in _photos(32)]
+    for batch in ([Query(text=t, k=5) for t in texts], [Query(pixels=p, k=5, per_dish=1) for p in photos]):
+        together = retriever.search_batch(batch)
+        for query, hits in zip(batch, together):
+            _same(hits, retriever.search_batch([query])[0])
+    assert len({len(text) for text in texts}) > 5  # padding really happened
+
+
+def test_concurrent_callers_share_forward_passes_and_get_their_own_answers(artifacts, retriever):
+    batched = _retriever(artifacts)
+    sizes = []
+    batched.on_batch = lambda kind, size, seconds: sizes.append((kind, size))
+    batched.start_batching(max_batch=8, max_wait_ms=50)
+    texts = [row.passage_text for row in artifacts.docstore.itertuples()] * 3
+    with ThreadPoolExecutor(max_workers=len(texts)) as pool:
+        got = list(pool.map(lambda t: batched.by_text(t, k=3, per_dish=1), texts))
+    for text, hits in zip(texts, got):
+        _same(hits, retriever.by_text(text, k=3, per_dish=1))  # per_dish widening per query, in a batch too
+    assert sum(size for _, size in sizes) == len(texts) and max(size for _, size in sizes) <= 8
+    assert len(sizes) < len(texts)  # some queries shared a forward pass
+
+
+def test_the_cli_and_python_api_start_no_thread(artifacts):
+    before = threading.active_count()
+    plain = _retriever(artifacts)
+    plain.by_text("آش رشته", k=2)
+    assert threading.active_count() == before and plain._batchers == {}
+
+
+def test_batcher_caps_batches_and_hands_each_caller_its_result_or_the_error():
+    calls = []
+
+    def run(items):
+        calls.append(list(items))
+        time.sleep(0.02)
+        if "boom" in items:
+            raise ValueError("boom in the batch")
+        return [item * 2 for item in items]
+
+    batcher = Batcher(run, max_batch=4, max_wait_ms=20)
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        assert list(pool.map(batcher.submit, range(10))) == [i * 2 for i in range(10)]
+    assert max(len(c) for c in calls) <= 4 and len(calls) < 10
+    with pytest.raises(ValueError, match="boom"):
+        batcher.submit("boom")
+    assert batcher.submit(21) == 42  # the worker survived the error
+
+
+# --- decode memory --------------------------------------------------------------------------------------
+
+
+def test_pixel_budget_makes_a_second_large_decode_wait():
+    budget = PixelBudget(100)
+    order = []
+    first_in = threading.Event()
+
+    def hold(name, pixels, seconds):
+        with budget.hold(pixels):
+            order.append(f"{name} in")
+            first_in.set()
+            time.sleep(seconds)
+            order.append(f"{name} out")
+
+    a = threading.Thread(target=hold, args=("a", 80, 0.2))
+    a.start()
+    first_in.wait()
+    hold("b", 50, 0)  # 80 + 50 > 100: waits for a
+    a.join()
+    assert order == ["a in", "a out", "b in", "b out"] and budget.waits == 1 and budget.peak == 80
+    with budget.hold(500):  # larger than the budget: runs alone, never refused
+        assert budget.in_use == 500
+
+
+def test_concurrent_photo_decodes_stay_under_the_pixel_budget(artifacts):
+    big = io.BytesIO()
+    Image.new("RGB", (1200, 900), (150, 80, 40)).save(big, "PNG")  # a PNG: decoded at full size
+    budget_px = 1200 * 900 * 2
+    limited = _retriever(artifacts, decode_budget=budget_px)
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(lambda _: limited.by_image(big.getvalue(), k=2), range(12)))
+    assert all(len(hits) == 2 for hits in results)
+    assert limited.decode_budget.peak <= budget_px and limited.decode_budget.in_use == 0
+    assert limited.decode_budget.waits > 0  # 6 threads, room for 2: the others waited
+
+
+def test_a_large_png_is_shrunk_right_after_decoding():
+    from faclip.images import load_rgb
+
+    def png(width, height) -> bytes:
+        out = io.BytesIO()
+        Image.new("RGB", (width, height), (90, 120, 30)).save(out, "PNG")
+        return out.getvalue()
+
+    # The one decoder (embed, search and serve): reduce(6) keeps the shorter side >= 448, as a JPEG's draft would.
+    assert load_rgb(png(4000, 3000), 448).size == (667, 500)
+    assert load_rgb(png(600, 500), 448).size == (600, 500)
+    assert load_rgb(png(4000, 3000)).size == (4000, 3000)  # no model input size given: full size
+
+
+# --- errors and logs -----------------------------------------------------------------------------------------
+
+
+def test_a_body_with_many_unknown_keys_is_one_short_error(client):
+    body = {f"field{i}": i for i in range(50_000)}  # ~1 MB, under the body cap of this app
+    response = client.post("/search", json=body)
+    detail = response.json()["detail"]
+    assert response.status_code == 422 and len(detail) <= MAX_DETAIL_CHARS
+    assert "field0" in detail and "49999 more" in detail and "\n" not in detail
+
+
+def test_many_field_errors_name_the_first_and_count_the_rest(client):
+    response = client.get("/search", params={"text": "", "k": "x", "per_dish": "y"})
+    detail = response.json()["detail"]
+    assert response.status_code == 422 and len(detail) <= MAX_DETAIL_CHARS and "text" in detail
+
+
+def test_request_paths_are_logged_escaped_on_one_line(client, caplog):
+    with caplog.at_level(logging.INFO, logger="faclip.serve"):
+        client.get("/x%0AINFO faclip.serve: GET /admin 200%1b[31m%e2%80%aeevil\\")
+    lines = [r.getMessage() for r in caplog.records if r.name == "faclip.serve"]
+    assert len(lines) == 1 and "\n" not in lines[0] and "\x1b" not in lines[0] and "\u202e" not in lines[0]
+    assert "/x\\x0aINFO faclip.serve: GET /admin 200\\x1b[31m\\u202eevil\\\\ 404 " in lines[0]
+    assert log_safe("قورمه سبزی") == "قورمه سبزی" and log_safe("a" * 300).endswith("a...")
+
+
+# --- readiness, metrics, methods -------------------------------------------------------------------------
+
+
+def test_not_ready_until_the_models_are_loaded(retriever):
+    app = create_app(None)
+    client = TestClient(app)
+    assert client.get("/healthz").json() == {"status": "ok"}
+    for path in ("/readyz", "/search?text=آش", "/info"):
+        response = client.get(path)
+        assert response.status_code == 503 and "loading" in response.json()["detail"], path
+    set_retriever(app, retriever)
+    assert client.get("/readyz").json() == {"ready": True}
+    assert client.get("/search", params={"text": "آش", "k": 1}).status_code == 200
+
+
+def test_metrics_count_requests_by_route_and_measure_batches(client):
+    client.get("/search", params={"text": "آش رشته", "k": 2})
+    client.get("/search", params={"k": 2})
+    client.get("/no/such/path/123")
+    text = client.get("/metrics").text
+    assert 'faclip_http_requests_total{method="GET",route="/search",status="200"}' in text
+    assert 'faclip_http_requests_total{method="GET",route="/search",status="422"}' in text
+    assert 'route="unmatched",status="404"' in text and "/no/such" not in text
+    assert 'faclip_http_request_duration_seconds_bucket{le="0.005",method="GET",route="/search"}' in text
+    assert 'faclip_batch_size_count{kind="text"}' in text and 'faclip_encode_seconds_sum{kind="text"}' in text
+    assert "faclip_ready 1.0" in text
+
+
+def test_head_wherever_get_and_405_names_every_method(client):
+    for path in ("/", "/healthz", "/info", "/static/app.js", "/docs", "/openapi.json"):
+        got, head = client.get(path), client.head(path)
+        assert head.status_code == 200 == got.status_code and head.content == b"", path
+        assert head.headers["content-type"] == got.headers["content-type"], path
+    response = client.options("/search")
+    assert response.status_code == 405 and response.headers["allow"] == "GET, HEAD, POST"
+    assert client.delete("/").headers["allow"] == "GET, HEAD"
+    assert client.put("/static/app.js").headers["allow"] == "GET, HEAD"
+
+
+# --- the OpenAPI contract ----------------------------------------------------------------------------------
+
+
+def test_openapi_declares_the_one_line_errors_and_the_query_rule(app):
+    spec = app.openapi()
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+    for path, method, statuses in (("/search", "get", {"413", "422", "503"}), ("/search", "post", {"400", "413", "422", "503"}),
+                                   ("/search/image", "post", {"400", "413", "422", "503"})):
+        responses = spec["paths"][path][method]["responses"]
+        assert statuses <= set(responses), (path, method)
+        for status in statuses:
+            assert responses[status]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorOut"}
+    request = spec["components"]["schemas"]["SearchRequest"]
+    assert request["oneOf"] == [{"required": ["text"]}, {"required": ["image"]}]
+    assert request["properties"]["text"]["minLength"] == 1 and request["additionalProperties"] is False
+
+
+def test_schemathesis_with_every_check_finds_no_failure(artifacts, tmp_path):
+    """`schemathesis run --checks all` against a real server: examples, coverage (every method, every bad
+    value, 405s) and fuzzing phases, 20 examples an operation, deterministic; a few seconds."""
+    import shutil
+
+    schemathesis = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or shutil.which("schemathesis")
+    assert schemathesis, "pip install -r requirements-dev.txt"
+    # A body the schema cannot tell from a good one is a documented 422: a photo that does not decode, a text
+    # of only invisible characters (JSON Schema cannot say "a decodable JPEG"). Every other check is as shipped.
+    config = tmp_path / "schemathesis.toml"
+    config.write_text('[checks.positive_data_acceptance]\nexpected-statuses = ["2xx", "422"]\n', encoding="utf-8")
+    server = Server([*artifacts.cli_args(), "--threads", "1", "--max-upload-mb", "1"], tmp_path / "server.log")
+    try:
+        result = subprocess.run([schemathesis, "--config-file", str(config), "run", f"{server.url}/openapi.json",
+                                 "--checks", "all", "--max-examples", "20", "--generation-deterministic"],
+                                capture_output=True, text=True, timeout=300, env={**os.environ, "NO_COLOR": "1"})
+    finally:
+        server.stop()
+    assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
+    assert re.search(r"(\d+) generated, \1 passed", result.stdout), result.stdout[-3000:]  # all passed
+    log = server.log_path.read_text(encoding="utf-8")
+    assert "Traceback" not in log and " 500 " not in log, log[-3000:]
+
+
+# --- /docs offline ---------------------------------------------------------------------------------------
+
+
+def test_docs_page_is_served_from_here_under_the_strict_csp(client):
+    page = client.get("/docs")
+    assert page.status_code == 200 and page.headers["content-security-policy"] == PAGE_CSP
+    assert "unsafe-inline" not in PAGE_CSP and "<script>" not in page.text and "cdn" not in page.text.lower()
+    for asset in ("/docs-assets/swagger-ui-bundle.js", "/docs-assets/swagger-ui.css", "/static/docs.js"):
+        assert f'"{asset}"' in page.text
+        response = client.get(asset)
+        assert response.status_code == 200 and len(response.content) > 100, asset
+    assert np.isfinite(len(client.get("/openapi.json").json()["paths"]))
