@@ -10,6 +10,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from faclip.errors import FaclipError

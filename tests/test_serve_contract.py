@@ -82,6 +82,31 @@ def test_a_query_gets_the_same_hits_alone_and_in_a_batch_of_32(retriever, artifa
     assert len({len(text) for text in texts}) > 5  # padding really happened
 
 
+def test_a_photo_and_a_question_get_the_same_hits_alone_and_batched_with_photos(retriever, artifacts):
+    # `ask` goes through the photo batcher: its photo shares a forward pass with plain photo queries, and its
+    # question re-ranks its own candidates only.
+    photos = _photos(12)
+    questions = [row.passage_text[:25] for row in artifacts.docstore.itertuples()]
+    alone = [retriever.ask(photo, questions[i % len(questions)], k=4) for i, photo in enumerate(photos)]
+    batched = _retriever(artifacts)
+    sizes = []
+    batched.on_batch = lambda kind, size, seconds: sizes.append((kind, size))
+    batched.start_batching(max_batch=32, max_wait_ms=50)
+
+    def query(i):
+        if i % 2:  # every other call is a plain photo query, in the same batches
+            return batched.by_image(photos[i], k=4)
+        return batched.ask(photos[i], questions[i % len(questions)], k=4)
+
+    with ThreadPoolExecutor(max_workers=len(photos)) as pool:
+        got = list(pool.map(query, range(len(photos))))
+    for i, hits in enumerate(got):
+        _same(hits, alone[i] if i % 2 == 0 else retriever.by_image(photos[i], k=4))
+    assert max(size for kind, size in sizes if kind == "image") > 1  # asks and photos shared a forward pass
+    assert [h.passage_id for h in alone[0]] != [h.passage_id for h in retriever.by_image(photos[0], k=4)] or \
+        [h.score for h in alone[0]] != [h.score for h in retriever.by_image(photos[0], k=4)]  # the question counted
+
+
 def test_concurrent_callers_share_forward_passes_and_get_their_own_answers(artifacts, retriever):
     batched = _retriever(artifacts)
     sizes = []
@@ -251,7 +276,7 @@ def test_openapi_declares_the_one_line_errors_and_the_query_rule(app):
         for status in statuses:
             assert responses[status]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ErrorOut"}
     request = spec["components"]["schemas"]["SearchRequest"]
-    assert request["oneOf"] == [{"required": ["text"]}, {"required": ["image"]}]
+    assert request["anyOf"] == [{"required": ["text"]}, {"required": ["image"]}]  # text, image, or both
     assert request["properties"]["text"]["minLength"] == 1 and request["additionalProperties"] is False
 
 
