@@ -295,7 +295,8 @@ def test_schemathesis_with_every_check_finds_no_failure(artifacts, tmp_path):
     try:
         result = subprocess.run([schemathesis, "--config-file", str(config), "run", f"{server.url}/openapi.json",
                                  "--checks", "all", "--max-examples", "20", "--generation-deterministic"],
-                                capture_output=True, text=True, timeout=300, env={**os.environ, "NO_COLOR": "1"})
+                                capture_output=True, text=True, timeout=300, env={**os.environ, "NO_COLOR": "1"},
+                                cwd=tmp_path)  # its .schemathesis/ cache lands there, not in the repository
     finally:
         server.stop()
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
