@@ -159,7 +159,7 @@ def exp_show_columns(repo: Path, *options: str) -> list[str]:
 
 def test_exp_show_leads_with_the_headline_and_fits_a_screen(repo):
     # README, "Working with DVC": two experiments, one on epochs, one on the learning rate, as written.
-    block = readme_block("dvc exp run -n epochs-30")
+    block = readme_block("dvc exp run -n epochs-5")
     assert block.splitlines()[-1] == "dvc exp show --only-changed --md", block
     header = [line for line in bash(repo, block).splitlines() if line.startswith("| Experiment ")]
     assert len(header) == 1 and "image_to_passage_recall@1" in header[0], header
