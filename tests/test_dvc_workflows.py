@@ -14,6 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from conftest import build_once
 from repo_utils import REPO, STAGES, dvc, git, private_copy, ran_stages, run, tool_env
 
 pytestmark = pytest.mark.e2e
@@ -114,15 +115,13 @@ def make_other_vision_model(repo: Path, dest: Path) -> Path:
 @pytest.mark.parametrize("edit, expected", [
     ({"eval.k": [1, 3]}, {"evaluate"}),
     ({"vqa.photo_weight": 0.5}, {"evaluate"}),
-    ({"index.factory": "HNSW32"}, {"index", "evaluate"}),
-    ({"epochs": 3}, {"train", "index", "evaluate"}),
-    ({"learning_rate": 0.002}, {"train", "index", "evaluate"}),  # not the default (1e-3)
-    ({"positives": "image"}, {"train", "index", "evaluate"}),
     ({"model.vision": "OTHER_VISION"}, {"base", "embed", "train", "index", "evaluate"}),
     ({"data.test_fraction": 0.3}, {"prepare", "embed", "train", "index", "evaluate"}),
     ({"embed.batch_size": 7, "embed.num_workers": 0}, {"embed"}),  # same vectors (cached): nothing downstream
-], ids=["eval", "vqa", "index", "epochs", "learning_rate", "positives", "model.vision", "data.test_fraction", "embed"])
+], ids=["eval", "vqa", "model.vision", "data.test_fraction", "embed"])
 def test_param_edit_reruns_only_affected_stages(repo, tmp_path, edit, expected):
+    # epochs, learning_rate, positives and index.factory are set by the experiments below (`dvc exp run -S`,
+    # the same rerun rule), each checked for the stages it reruns: an edit of its own here would train again.
     if edit.get("model.vision") == "OTHER_VISION":
         edit = {"model.vision": str(make_other_vision_model(repo, tmp_path / "vision2"))}
     set_params(repo, **edit)
@@ -132,21 +131,46 @@ def test_param_edit_reruns_only_affected_stages(repo, tmp_path, edit, expected):
     assert_status_clean(repo)
 
 
-def test_exp_run_set_param_then_metrics_diff(repo):
-    result = dvc(repo, "exp", "run", "-S", "epochs=3", "-n", "three-epochs")
-    assert ran_stages(result.stdout) == {"check_params", "train", "index", "evaluate"}, result.stdout
+@pytest.fixture(scope="session")
+def readme_experiments(built_repo, tmp_path_factory) -> tuple[Path, list[tuple[str, str]]]:
+    """README, "Working with DVC": its two experiments (epochs, then the learning rate on top of it) and its
+    `dvc exp show` line, run as written once per test run in a copy of the built repo, a line at a time:
+    (repo, [(line, what it printed)]). Tests change a private copy of it."""
+    def build(folder: Path) -> dict:
+        repo = private_copy(built_repo, folder)
+        block = readme_block("dvc exp run -n epochs-5")
+        return {"repo": str(repo), "printed": [(line, bash(repo, line)) for line in block.splitlines()]}
+
+    built = build_once(tmp_path_factory, "readme_experiments", build)
+    return Path(built["repo"]), [tuple(pair) for pair in built["printed"]]
+
+
+@pytest.mark.xdist_group("readme_experiments")
+def test_exp_run_reruns_only_the_stages_that_read_the_key(readme_experiments, tmp_path):
+    shared, printed = readme_experiments
+    ran = {line: ran_stages(output) for line, output in printed if line.startswith("dvc exp run")}
+    assert list(ran) == ["dvc exp run -n epochs-5 -S epochs=5", "dvc exp run -n lr-5e-4 -S learning_rate=0.0005"]
+    for line, stages in ran.items():  # top-level training keys: train and what reads its model
+        assert stages == {"check_params", "train", "index", "evaluate"}, (line, stages)
+    assert_status_clean(private_copy(shared, tmp_path))
+
+
+@pytest.mark.xdist_group("readme_experiments")
+def test_exp_run_set_param_then_metrics_diff(readme_experiments, tmp_path):
+    repo = private_copy(readme_experiments[0], tmp_path)
     result = dvc(repo, "exp", "run", "-S", "index.factory=HNSW32", "-n", "hnsw")
     assert ran_stages(result.stdout) == {"check_params", "index", "evaluate"}, result.stdout
+    assert_status_clean(repo)
     shown = json.dumps(json.loads(dvc(repo, "exp", "show", "--json").stdout))
-    assert "three-epochs" in shown and "hnsw" in shown and "HNSW32" in shown
-    dvc(repo, "exp", "apply", "three-epochs")
+    assert "epochs-5" in shown and "lr-5e-4" in shown and "hnsw" in shown and "HNSW32" in shown
+    dvc(repo, "exp", "apply", "epochs-5")
     # `dvc metrics diff` leads with the headline; the full figures are one --targets away.
     headline = json.loads(dvc(repo, "metrics", "diff", "--json").stdout)
     assert list(headline) == ["metrics/headline.json"] and "image_to_passage_recall@5" in headline[
         "metrics/headline.json"], headline
     diff = json.loads(dvc(repo, "metrics", "diff", "--json", "--targets", "metrics/train.json").stdout)
     assert "metrics/train.json" in diff and "epochs" in diff["metrics/train.json"], diff
-    assert diff["metrics/train.json"]["epochs"]["new"] == 3
+    assert diff["metrics/train.json"]["epochs"]["new"] == 5
     plots = dvc(repo, "plots", "diff", "--json")
     assert plots.returncode == 0
 
@@ -157,12 +181,15 @@ def exp_show_columns(repo: Path, *options: str) -> list[str]:
     return [name for name in header.split(",") if name not in ("rev", "typ")]
 
 
-def test_exp_show_leads_with_the_headline_and_fits_a_screen(repo):
+@pytest.mark.xdist_group("readme_experiments")
+def test_exp_show_leads_with_the_headline_and_fits_a_screen(readme_experiments, tmp_path):
     # README, "Working with DVC": two experiments, one on epochs, one on the learning rate, as written.
-    block = readme_block("dvc exp run -n epochs-5")
-    assert block.splitlines()[-1] == "dvc exp show --only-changed --md", block
-    header = [line for line in bash(repo, block).splitlines() if line.startswith("| Experiment ")]
+    shared, printed = readme_experiments
+    line, output = printed[-1]
+    assert line == "dvc exp show --only-changed --md" and len(printed) == 3, printed
+    header = [row for row in output.splitlines() if row.startswith("| Experiment ")]
     assert len(header) == 1 and "image_to_passage_recall@1" in header[0], header
+    repo = private_copy(shared, tmp_path)
     columns = exp_show_columns(repo, "--only-changed")
     assert len(columns) <= 30, columns
     assert "image_to_passage_recall@1" in columns[:10], columns
@@ -176,6 +203,7 @@ def test_exp_show_leads_with_the_headline_and_fits_a_screen(repo):
 def test_exp_run_positives_image_then_metrics_diff_shows_what_the_original_objective_costs(repo):
     result = dvc(repo, "exp", "run", "-S", "positives=image", "-n", "by-image")
     assert ran_stages(result.stdout) == {"check_params", "train", "index", "evaluate"}, result.stdout
+    assert_status_clean(repo)
     shown = json.dumps(json.loads(dvc(repo, "exp", "show", "--json").stdout))
     assert "by-image" in shown and '"positives": "image"' in shown
     diffs = json.loads(dvc(repo, "metrics", "diff", "--json", "--targets", "metrics/train.json",
@@ -217,26 +245,40 @@ def bash(cwd: Path, script: str) -> str:
     return result.stdout + result.stderr
 
 
-def test_push_and_pull_as_the_readme_says(repo, tmp_path):
-    # README, "Sharing artifacts": its words, with a temp folder for the shared disk and this repo for the URL.
-    share = readme_block("dvc remote add -d store").replace("/mnt/shared/faclip-store", str(tmp_path / "store"))
-    clone = readme_block("git clone ").replace("https://example.com/you/faclip.git", str(repo))
-    experiment = readme_block("dvc exp run -n lr-5e-4 -S learning_rate=0.0005")
-    bash(repo, share)
-    assert git(repo, "status", "--porcelain").stdout == ""  # the remote is committed: a clone has it
-    for step in ("pipeline", "experiment"):
-        if step == "experiment":
-            bash(repo, experiment)
-            assert git(repo, "status", "--porcelain").stdout == ""  # the experiment is the commit now
-        expected = digests(repo)
+@pytest.fixture(scope="session")
+def readme_sharing(built_repo, tmp_path_factory) -> dict:
+    """README, "Sharing artifacts", as written, once per test run in a copy of the built repo (a temp folder
+    for the shared disk, the copy as the git URL): add and commit the remote, push, and a clone pulls; then
+    the experiment, kept as a commit and pushed, and a clone pulls again. What each step left:
+    {"repo": path, "steps": {"pipeline" | "experiment": {"git_status", "digests", "params", "clone", "printed"}}}"""
+    def build(folder: Path) -> dict:
+        repo = private_copy(built_repo, folder)
+        share = readme_block("dvc remote add -d store").replace("/mnt/shared/faclip-store", str(folder / "store"))
+        clone = readme_block("git clone ").replace("https://example.com/you/faclip.git", str(repo))
+        experiment = readme_block("dvc exp run -n lr-5e-4 -S learning_rate=0.0005")
+        steps = {}
+        for step, block in (("pipeline", share), ("experiment", experiment)):
+            bash(repo, block)
+            steps[step] = {"git_status": git(repo, "status", "--porcelain").stdout, "digests": digests(repo),
+                           "params": (repo / "params.yaml").read_text(encoding="utf-8"),
+                           "printed": bash(folder / step, clone), "clone": str(folder / step / "faclip")}
+        return {"repo": str(repo), "steps": steps}
+
+    return build_once(tmp_path_factory, "readme_sharing", build)
+
+
+@pytest.mark.xdist_group("readme_sharing")
+def test_push_and_pull_as_the_readme_says(readme_sharing):
+    for step, left in readme_sharing["steps"].items():
+        # The remote is committed (a clone has it); after the experiment, the experiment is the commit.
+        assert left["git_status"] == "", (step, left["git_status"])
         # A clone's pull brings back every output byte for byte; no "Everything is up to date." + ERROR.
-        output = bash(tmp_path / step, clone)
-        assert "ERROR" not in output, output
-        cloned = tmp_path / step / "faclip"
-        assert digests(cloned) == expected, step
+        assert "ERROR" not in left["printed"], left["printed"]
+        cloned = Path(left["clone"])
+        assert digests(cloned) == left["digests"], step
         assert_status_clean(cloned)
-        assert (cloned / "params.yaml").read_bytes() == (repo / "params.yaml").read_bytes()
-    assert "learning_rate: 0.0005" in (repo / "params.yaml").read_text(encoding="utf-8")
+        assert (cloned / "params.yaml").read_text(encoding="utf-8") == left["params"]
+    assert "learning_rate: 0.0005" in readme_sharing["steps"]["experiment"]["params"]
 
 
 def free_port() -> int:
@@ -294,20 +336,14 @@ def test_unreachable_remote_is_a_clear_error_and_leaves_nothing_half_written(rep
         assert not (clone / out).exists(), f"{out} exists after a failed pull"
 
 
-def test_old_index_pulled_next_to_a_new_model_is_refused(repo, tmp_path):
-    dvc(repo, "remote", "add", "-d", "store", str(tmp_path / "remote"))
-    git(repo, "commit", "-qam", "remote")
-    git(repo, "tag", "v1")
-    dvc(repo, "push")
-    set_params(repo, epochs=3)
-    dvc(repo, "repro")
-    dvc(repo, "push")
-    git(repo, "commit", "-qam", "three epochs")
-    # A fresh clone of v2 that pulls v1's index next to v2's model (an empty cache: from the remote).
+@pytest.mark.xdist_group("readme_sharing")
+def test_old_index_pulled_next_to_a_new_model_is_refused(readme_sharing, tmp_path):
+    # The shared remote holds two commits: the pipeline, then the experiment (another learning rate: another
+    # model, another index). A fresh clone of the experiment that pulls the pipeline's index next to its model.
     clone = tmp_path / "clone"
-    run(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    run(tmp_path, "git", "clone", "-q", readme_sharing["repo"], str(clone))
     dvc(clone, "pull")
-    git(clone, "checkout", "v1", "--", "dvc.lock")
+    git(clone, "checkout", "HEAD~1", "--", "dvc.lock")
     dvc(clone, "pull", "index")
     git(clone, "checkout", "HEAD", "--", "dvc.lock")
     evaluate = run(clone, sys.executable, "stages/evaluate.py", *yaml.safe_load(

@@ -86,6 +86,7 @@ def server(readme_repo):
 
 
 @pytest.mark.e2e
+@pytest.mark.xdist_group("readme")  # one worker runs them all, in one repo copy with one server
 @pytest.mark.parametrize("block_id, lang, body, reason", BLOCKS, ids=[block[0] for block in BLOCKS])
 def test_readme_block_runs_as_copied(block_id, lang, body, reason, readme_repo, request):
     if reason:
