@@ -24,8 +24,6 @@ from serve_fixtures import MARKUP_PASSAGE, artifacts_digest, faclip_env, free_po
 
 from faclip.serve import body_limit
 
-pytestmark = pytest.mark.xdist_group("serve")  # with --dist loadgroup: one worker, one server
-
 
 @pytest.fixture(scope="module")
 def client(server):

@@ -274,7 +274,6 @@ def test_openapi_declares_the_one_line_errors_and_the_query_rule(app):
     assert request["properties"]["text"]["minLength"] == 1 and request["additionalProperties"] is False
 
 
-@pytest.mark.xdist_group("serve")  # with --dist loadgroup: the API tests' worker and server
 def test_schemathesis_with_every_check_finds_no_failure(server, tmp_path):
     """`schemathesis run --checks all` against a real server (conftest.py's, shared with the API tests):
     examples, coverage (every method, every bad value, 405s) and fuzzing phases, 20 examples an operation,

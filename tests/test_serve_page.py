@@ -18,7 +18,6 @@ if not shutil.which(CHROMIUM):
     pytest.skip(f"{CHROMIUM} not found; install it with `apt-get install -y chromium chromium-driver`",
                 allow_module_level=True)
 playwright = pytest.importorskip("playwright.sync_api", reason="pip install -r requirements-dev.txt")
-pytestmark = pytest.mark.xdist_group("serve")  # with --dist loadgroup: the API tests' worker and server
 
 # Headless, offline, quiet: no first-run work, no network calls of the browser's own.
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -13,7 +13,6 @@ from test_serve_page import PHONE, browser, card_texts, no_sideways_scroll, page
 
 QUESTION = "لیمو عمانی چه طعمی می‌دهد؟"
 expect = pytest.importorskip("playwright.sync_api").expect  # waits by selectors: the page's CSP forbids eval
-pytestmark = pytest.mark.xdist_group("serve")  # with --dist loadgroup: the API tests' worker and server
 
 
 def wait_answered(tab) -> None:
