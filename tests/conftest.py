@@ -181,3 +181,40 @@ def built_repo(fresh_repro, tmp_path_factory) -> Path:
         return {"repo": str(repo)}
 
     return Path(build_once(tmp_path_factory, "built", build)["repo"])
+
+
+# --- serve fixtures (shared) ------------------------------------------------------------------------------
+# One tiny artifact set and one `python -m faclip serve` over it per test session (per xdist worker): the API
+# tests, the page tests and schemathesis all query it. A start costs seconds of CPU (torch + transformers);
+# a test that needs other flags or changes what the server reads starts its own.
+
+
+@pytest.fixture(scope="session")
+def _built_artifacts(tmp_path_factory, tiny_model_dirs):
+    from serve_fixtures import artifacts_digest, build_artifacts
+
+    built = build_artifacts(tmp_path_factory.mktemp("serve"), tiny_model_dirs)
+    return built, artifacts_digest(built)  # the digest is taken before any test reads or serves them
+
+
+@pytest.fixture(scope="session")
+def artifacts(_built_artifacts):
+    """serve_fixtures.Artifacts: the DISHES (and a markup dish) docstore, a Flat index, the tiny models, a photo.
+    Shared: read them, never change them (test_serve.py checks their digest)."""
+    return _built_artifacts[0]
+
+
+@pytest.fixture(scope="session")
+def artifact_digest(_built_artifacts) -> str:
+    """serve_fixtures.artifacts_digest of `artifacts`, taken right after they were built."""
+    return _built_artifacts[1]
+
+
+@pytest.fixture(scope="session")
+def server(artifacts, tmp_path_factory):
+    """`python -m faclip serve` over `artifacts` with serve_fixtures.SERVER_FLAGS (read it; do not stop it)."""
+    from serve_fixtures import SERVER_FLAGS, Server
+
+    running = Server([*artifacts.cli_args(), *SERVER_FLAGS], tmp_path_factory.mktemp("serve_log") / "server.log")
+    yield running
+    running.stop()

@@ -1,8 +1,11 @@
 """A real `python -m faclip serve` on a free loopback port, over tiny artifacts built in tmp.
 
-Shared by the API tests (test_serve.py) and the browser tests (test_serve_page.py).
+conftest.py starts one such server per test session (fixtures `artifacts`, `server`), shared by the API tests
+(test_serve.py), the browser tests (test_serve_page.py, test_vqa_page.py) and schemathesis
+(test_serve_contract.py): each start costs seconds of CPU, almost all of it importing torch and transformers.
 """
 
+import hashlib
 import json
 import os
 import socket
@@ -22,6 +25,10 @@ from faclip.text import food_id_for, passage_id_for
 MARKUP_TITLE = "<b>کشک بادمجان</b>"
 MARKUP_PASSAGE = ('کشک بادمجان <img src="x" onerror="window.__pwned = 1"> با نعناع داغ '
                   '<script>window.__pwned = 2</script> خورده می‌شود.')
+
+# The shared server's flags: a small upload cap, so the 413 tests send little; one torch thread.
+SERVER_MAX_UPLOAD_MB = 1
+SERVER_FLAGS = ["--max-upload-mb", str(SERVER_MAX_UPLOAD_MB), "--threads", "1"]
 
 
 @dataclass(frozen=True)
@@ -51,6 +58,16 @@ def build_artifacts(root: Path, tiny_model_dirs) -> Artifacts:
     photo = root / "photo.jpg"
     draw_dish_image(1, 0, size=96).save(photo, quality=90)
     return Artifacts(text_dir, vision_dir, root / "index", root / "docstore.parquet", docstore, photo)
+
+
+def artifacts_digest(artifacts: Artifacts) -> str:
+    """sha256 over every artifact file (names and bytes): equal before and after means nothing wrote to them."""
+    digest = hashlib.sha256()
+    for root in (artifacts.text_dir, artifacts.vision_dir, artifacts.index_dir, artifacts.docstore_path):
+        for path in sorted([root] if root.is_file() else root.rglob("*")):
+            if path.is_file():
+                digest.update(f"{path}\0".encode() + path.read_bytes())
+    return digest.hexdigest()
 
 
 def free_port() -> int:

@@ -97,18 +97,17 @@ def test_editing_a_module_marks_exactly_the_stages_that_execute_it(repo, module)
 
 def make_other_vision_model(repo: Path, dest: Path) -> Path:
     """A second vision model folder: the base one with perturbed weights (a stand-in for another checkpoint)."""
-    script = (
-        "import sys, torch, shutil\n"
-        "from transformers import CLIPVisionModel, CLIPImageProcessor\n"
-        "src, dst = sys.argv[1], sys.argv[2]\n"
-        "model = CLIPVisionModel.from_pretrained(src)\n"
-        "torch.manual_seed(1)\n"
-        "with torch.no_grad():\n"
-        "    for p in model.parameters(): p.add_(0.05 * torch.randn_like(p))\n"
-        "model.save_pretrained(dst)\n"
-        "CLIPImageProcessor.from_pretrained(src).save_pretrained(dst)\n"
-    )
-    run(repo, sys.executable, "-c", script, str(repo / "models/base/vision"), str(dest))
+    import torch
+    from transformers import CLIPImageProcessor, CLIPVisionModel
+
+    source = repo / "models/base/vision"
+    model = CLIPVisionModel.from_pretrained(source)
+    noise = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn(parameter.shape, generator=noise))
+    model.save_pretrained(dest)
+    CLIPImageProcessor.from_pretrained(source).save_pretrained(dest)
     return dest
 
 

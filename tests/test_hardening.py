@@ -106,21 +106,27 @@ def test_the_manifest_records_each_files_sha256(tmp_path):
 
 
 def test_an_interrupted_cache_write_leaves_nothing_in_the_cache_for_dvc_to_commit(raw, tmp_path, tiny_model_dirs):
+    import multiprocessing
+
+    from test_embed import _random_embeddings
+
+    import faclip.embed as embed
+
     vision = tiny_model_dirs[1]
     cache = tmp_path / "cache"
+
+    def killed_while_saving():  # runs in a forked copy of this process (faclip loaded already)
+        def save(path, array, **kwargs):
+            open(path, "wb").write(b"half an array")
+            os.kill(os.getpid(), signal.SIGKILL)
+        embed.np.save = save  # in the copy only
+        embed.save_image_embeddings(cache_folder(cache, vision), _random_embeddings())
+
     # An embed run killed (SIGKILL: no cleanup runs) while it rewrites the cache folder.
-    script = ("import os, signal, sys\n"
-              "import numpy as np\n"
-              "import faclip.embed as embed\n"
-              "from test_embed import _random_embeddings\n"
-              "def save(path, array, **kwargs):\n"
-              "    open(path, 'wb').write(b'half an array')\n"
-              "    os.kill(os.getpid(), signal.SIGKILL)\n"
-              "embed.np.save = save\n"
-              "embed.save_image_embeddings(sys.argv[1], _random_embeddings())\n")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO / "tests"), str(REPO)]))
-    killed = subprocess.run([sys.executable, "-c", script, str(cache_folder(cache, vision))], env=env)
-    assert killed.returncode == -signal.SIGKILL
+    killed = multiprocessing.get_context("fork").Process(target=killed_while_saving)
+    killed.start()
+    killed.join(timeout=60)
+    assert killed.exitcode == -signal.SIGKILL
     assert [p.name.endswith(".tmp") for p in cache.iterdir()] == [True]
     embed_images(_pairs(raw), raw, vision, cache)
     assert [p.name for p in cache.iterdir()] == [cache_folder(cache, vision).name]

@@ -181,8 +181,8 @@ def test_max_len_comes_from_training_params_else_the_model(tmp_path, tiny_model_
     assert text_max_len(tmp_path, tokenizer, model) == 96
 
 
-def test_index_stage_too_few_passages_is_one_line_on_stderr(tmp_path, tiny_model_dirs, monkeypatch):
-    import subprocess
+def test_index_stage_too_few_passages_is_one_line_on_stderr(tmp_path, tiny_model_dirs, monkeypatch, capsys):
+    import runpy
     import sys
 
     from conftest import REPO
@@ -191,12 +191,18 @@ def test_index_stage_too_few_passages_is_one_line_on_stderr(tmp_path, tiny_model
     text_dir, _ = tiny_model_dirs
     (tmp_path / "params.yaml").write_text("index:\n  factory: IVF64,Flat\n")
     write_docstore(tmp_path / "docstore.parquet")
-    result = subprocess.run([sys.executable, str(REPO / "stages" / "index.py"), "--model", str(text_dir),
-                             "--docstore", "docstore.parquet", "--out", "index"],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
-    errors = [line for line in result.stderr.splitlines() if line.startswith("faclip error")]
-    assert len(errors) == 1 and "needs at least 64 passages" in errors[0] and "has 8" in errors[0], result.stderr
+    monkeypatch.chdir(tmp_path)
+    script = REPO / "stages" / "index.py"
+    # `python stages/index.py ...` in this process (the script's own __main__ block; torch is loaded already).
+    monkeypatch.setattr(sys, "argv", [str(script), "--model", str(text_dir), "--docstore", "docstore.parquet",
+                                      "--out", "index"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(script), run_name="__main__")
+    assert exit_.value.code == 2
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if line.startswith("faclip error")]
+    assert len(errors) == 1 and "needs at least 64 passages" in errors[0] and "has 8" in errors[0], stderr
     assert not (tmp_path / "index").exists()
 
 

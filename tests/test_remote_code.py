@@ -2,39 +2,34 @@
 in one line by every loader (`base`, search, serve, train), and its module is never imported, even when
 stdin answers transformers' "Do you wish to run the custom code?" with `y`."""
 
+import io
 import json
 import shutil
-import subprocess
 import sys
 
-from conftest import REPO
-
-# Each case loads a hostile folder through one faclip entry point; a loader that raises FaclipError
-# prints one line. Run in a subprocess whose stdin says `y` to every question.
-SCRIPT = """
-import json, sys
 from faclip.errors import FaclipError
 from faclip.models import check_max_text_len, load_text_model, load_text_source, load_vision_model, load_vision_source
-from faclip.search import Retriever
 
-calls = {
+# Each case loads a hostile folder through one faclip entry point; a loader that raises FaclipError
+# prints one line.
+LOADERS = {
     "base_text": lambda path: load_text_source(path, lambda: ["x"]),
     "base_vision": load_vision_source,
     "text_model": load_text_model,
     "vision_model": load_vision_model,
     "max_text_len": lambda path: check_max_text_len(path, 16),
 }
-results = {}
-for name, (call, path) in zip(sys.argv[1::3], zip([calls[c] for c in sys.argv[2::3]], sys.argv[3::3])):
+
+
+def outcome(call, path) -> str:
     try:
         call(path)
-        results[name] = "loaded"
+        return "loaded"
     except FaclipError as err:
-        results[name] = "faclip error: " + str(err)
+        return "faclip error: " + str(err)
     except Exception as err:
-        results[name] = "traceback: " + type(err).__name__
-print(json.dumps(results))
-"""
+        return "traceback: " + type(err).__name__
+
 
 EVIL_MODULE = "open({marker!r}, 'w').write('ran')\n"
 
@@ -52,12 +47,12 @@ def hostile_copy(source, folder, marker, config_file: str, auto_map: dict, model
     return folder
 
 
-def test_no_loader_runs_a_model_folders_code_even_when_stdin_says_yes(tmp_path, tiny_model_dirs):
+def test_no_loader_runs_a_model_folders_code_even_when_stdin_says_yes(tmp_path, tiny_model_dirs, monkeypatch, capsys):
     text_dir, vision_dir = tiny_model_dirs
     markers, cases = {}, []
 
     def case(name, call, folder):
-        cases.extend([name, call, str(folder)])
+        cases.append((name, LOADERS[call], str(folder)))
 
     unknown_model = {"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel"}
     for call in ("base_text", "text_model", "max_text_len"):
@@ -72,17 +67,17 @@ def test_no_loader_runs_a_model_folders_code_even_when_stdin_says_yes(tmp_path, 
         markers[call] = tmp_path / f"{call}.marker"
         case(call, call, hostile_copy(vision_dir, tmp_path / call, markers[call], "config.json",
                                       {**unknown_model, "AutoImageProcessor": "evil.EvilProcessor"}, "evilnet"))
-    result = subprocess.run([sys.executable, "-c", SCRIPT, *cases], cwd=REPO, input="y\n" * 20,
-                            capture_output=True, text=True, timeout=300)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("y\n" * 20))  # `y` to every question asked
+    capsys.readouterr()
+    outcomes = {name: outcome(call, path) for name, call, path in cases}
+    printed = capsys.readouterr()
     assert [name for name, marker in markers.items() if marker.exists()] == []  # evil.py never imported
-    assert result.returncode == 0, result.stderr[-3000:]
-    outcomes = json.loads(result.stdout.splitlines()[-1])
     for name in ("base_text", "text_model", "max_text_len"):
         message = outcomes[name]
         assert message.startswith("faclip error: ") and "\n" not in message, (name, message)
         assert "custom Python code" in message and "never runs a model folder's code" in message, message
         assert str(tmp_path / name) in message, message  # names the folder
-    assert "Do you wish to run the custom code" not in result.stdout + result.stderr  # never asked
+    assert "Do you wish to run the custom code" not in printed.out + printed.err  # never asked
     # A tokenizer of a known model type loads with its library class; the vision loaders name
     # CLIPVisionModel itself, not an Auto class. Whatever they do, it is never a traceback.
     for name in ("tokenizer", "base_vision", "vision_model"):

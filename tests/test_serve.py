@@ -1,12 +1,12 @@
 """`python -m faclip serve` through a real uvicorn server on a free loopback port (tiny artifacts in tmp).
 
-One server per module (started once, ~10 s): every endpoint, every kind of bad input (a 4xx with a
-one-line detail, never a 500, and the server keeps serving), the upload cap (413 before the body is
-read), answers equal to `python -m faclip search --json`, concurrent clients, the log line per request.
+One server per test session (conftest.py's `server`, shared with the page and contract tests): every endpoint,
+every kind of bad input (a 4xx with a one-line detail, never a 500, and the server keeps serving), the upload
+cap (413 before the body is read), answers equal to `faclip search --json`, concurrent clients, the log line
+per request.
 """
 
 import base64
-import hashlib
 import io
 import json
 import socket
@@ -19,24 +19,10 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 from conftest import REPO
-from serve_fixtures import MARKUP_PASSAGE, Server, build_artifacts, faclip_env, free_port
+from serve_fixtures import SERVER_MAX_UPLOAD_MB as MAX_UPLOAD_MB
+from serve_fixtures import MARKUP_PASSAGE, artifacts_digest, faclip_env, free_port
 
 from faclip.serve import body_limit
-
-MAX_UPLOAD_MB = 1  # small, so the 413 tests send little
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory, tiny_model_dirs):
-    return build_artifacts(tmp_path_factory.mktemp("serve"), tiny_model_dirs)
-
-
-@pytest.fixture(scope="module")
-def server(artifacts, tmp_path_factory):
-    running = Server([*artifacts.cli_args(), "--max-upload-mb", str(MAX_UPLOAD_MB), "--threads", "1"],
-                     tmp_path_factory.mktemp("serve_log") / "server.log")
-    yield running
-    running.stop()
 
 
 @pytest.fixture(scope="module")
@@ -45,27 +31,18 @@ def client(server):
         yield http
 
 
-@pytest.fixture(scope="module")
-def artifact_digest(artifacts):
-    """sha256 over every artifact file, taken before the first request (compared after the last)."""
-    return _digest(artifacts)
+def cli_json(artifacts, capsys, monkeypatch, *args) -> list[dict]:
+    """`faclip search ARGS --json` over the artifacts, in this process (test_search.py runs the command as a
+    process): the hits the CLI prints. On CPU, as the server runs (faclip_env): GPU encoding runs in bf16."""
+    import torch
 
+    import faclip.search
+    from faclip.__main__ import main
 
-def _digest(artifacts) -> str:
-    digest = hashlib.sha256()
-    for root in (artifacts.text_dir, artifacts.vision_dir, artifacts.index_dir, artifacts.docstore_path):
-        for path in sorted([root] if root.is_file() else root.rglob("*")):
-            if path.is_file():
-                digest.update(f"{path}\0".encode() + path.read_bytes())
-    return digest.hexdigest()
-
-
-def cli_json(artifacts, *args) -> list[dict]:
-    result = subprocess.run([sys.executable, "-m", "faclip", "search", *args, "--json", *artifacts.cli_args()],
-                            cwd=REPO, env=faclip_env(), capture_output=True, text=True, encoding="utf-8",
-                            timeout=120)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
+    monkeypatch.setattr(faclip.search, "pick_device", lambda: torch.device("cpu"))
+    capsys.readouterr()
+    main(["search", *args, "--json", *artifacts.cli_args()])  # a FaclipError would exit 2 here
+    return json.loads(capsys.readouterr().out)
 
 
 def assert_same_hits(served: list[dict], expected: list[dict]) -> None:
@@ -116,8 +93,8 @@ def test_text_by_get_and_by_post_agree(client):
     assert client.post("/search", json={"text": query, "k": 5}).json()["hits"] == by_get
 
 
-def test_photo_hits_equal_the_cli_as_upload_and_as_base64(client, artifacts):
-    expected = cli_json(artifacts, "--image", str(artifacts.photo), "--k", "5")
+def test_photo_hits_equal_the_cli_as_upload_and_as_base64(client, artifacts, capsys, monkeypatch):
+    expected = cli_json(artifacts, capsys, monkeypatch, "--image", str(artifacts.photo), "--k", "5")
     photo = artifacts.photo.read_bytes()
     upload = client.post("/search/image", params={"k": 5}, files={"file": ("photo.jpg", photo, "image/jpeg")})
     assert upload.status_code == 200, upload.text
@@ -129,7 +106,7 @@ def test_photo_hits_equal_the_cli_as_upload_and_as_base64(client, artifacts):
     assert_same_hits(as_data_url.json()["hits"], expected)
 
 
-def test_per_dish_keeps_the_best_passages_of_each_dish(client, artifacts):
+def test_per_dish_keeps_the_best_passages_of_each_dish(client, artifacts, capsys, monkeypatch):
     everything = client.get("/search", params={"text": "قورمه سبزی", "k": 100}).json()["hits"]
     assert len(everything) == len(artifacts.docstore)  # k is capped at the index size
     seen, expected = set(), []
@@ -141,7 +118,8 @@ def test_per_dish_keeps_the_best_passages_of_each_dish(client, artifacts):
     assert served == expected[:4]
     assert len({h["food_id"] for h in served}) == 4
     # The CLI's --per-dish gives the server's answer (the text-query twin of the photo test above).
-    assert_same_hits(served, cli_json(artifacts, "--text", "قورمه سبزی", "--k", "4", "--per-dish", "1"))
+    by_cli = cli_json(artifacts, capsys, monkeypatch, "--text", "قورمه سبزی", "--k", "4", "--per-dish", "1")
+    assert_same_hits(served, by_cli)
     one_each = client.post("/search", json={"text": "قورمه سبزی", "k": 100, "per_dish": 1}).json()["hits"]
     assert one_each == expected  # fewer than k when there are fewer dishes
 
@@ -335,7 +313,7 @@ def test_one_log_line_per_request_without_the_query(client, server):
 
 
 def test_no_endpoint_changed_an_artifact(client, artifacts, artifact_digest):
-    assert _digest(artifacts) == artifact_digest
+    assert artifacts_digest(artifacts) == artifact_digest
 
 
 # --- the command ------------------------------------------------------------------------------------------

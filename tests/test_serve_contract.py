@@ -16,16 +16,10 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
-from serve_fixtures import Server, build_artifacts
 
 from faclip.batching import Batcher, PixelBudget
 from faclip.search import Query, Retriever
 from faclip.serve import MAX_DETAIL_CHARS, PAGE_CSP, create_app, log_safe, set_retriever
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory, tiny_model_dirs):
-    return build_artifacts(tmp_path_factory.mktemp("contract"), tiny_model_dirs)
 
 
 def _retriever(artifacts, **kwargs) -> Retriever:
@@ -280,9 +274,10 @@ def test_openapi_declares_the_one_line_errors_and_the_query_rule(app):
     assert request["properties"]["text"]["minLength"] == 1 and request["additionalProperties"] is False
 
 
-def test_schemathesis_with_every_check_finds_no_failure(artifacts, tmp_path):
-    """`schemathesis run --checks all` against a real server: examples, coverage (every method, every bad
-    value, 405s) and fuzzing phases, 20 examples an operation, deterministic; a few seconds."""
+def test_schemathesis_with_every_check_finds_no_failure(server, tmp_path):
+    """`schemathesis run --checks all` against a real server (conftest.py's, shared with the API tests):
+    examples, coverage (every method, every bad value, 405s) and fuzzing phases, 20 examples an operation,
+    deterministic; a few seconds."""
     import shutil
 
     schemathesis = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or shutil.which("schemathesis")
@@ -291,17 +286,13 @@ def test_schemathesis_with_every_check_finds_no_failure(artifacts, tmp_path):
     # of only invisible characters (JSON Schema cannot say "a decodable JPEG"). Every other check is as shipped.
     config = tmp_path / "schemathesis.toml"
     config.write_text('[checks.positive_data_acceptance]\nexpected-statuses = ["2xx", "422"]\n', encoding="utf-8")
-    server = Server([*artifacts.cli_args(), "--threads", "1", "--max-upload-mb", "1"], tmp_path / "server.log")
-    try:
-        result = subprocess.run([schemathesis, "--config-file", str(config), "run", f"{server.url}/openapi.json",
-                                 "--checks", "all", "--max-examples", "20", "--generation-deterministic"],
-                                capture_output=True, text=True, timeout=300, env={**os.environ, "NO_COLOR": "1"},
-                                cwd=tmp_path)  # its .schemathesis/ cache lands there, not in the repository
-    finally:
-        server.stop()
+    result = subprocess.run([schemathesis, "--config-file", str(config), "run", f"{server.url}/openapi.json",
+                             "--checks", "all", "--max-examples", "20", "--generation-deterministic"],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "NO_COLOR": "1"},
+                            cwd=tmp_path)  # its .schemathesis/ cache lands there, not in the repository
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
     assert re.search(r"(\d+) generated, \1 passed", result.stdout), result.stdout[-3000:]  # all passed
-    log = server.log_path.read_text(encoding="utf-8")
+    log = server.log()
     assert "Traceback" not in log and " 500 " not in log, log[-3000:]
 
 

@@ -1,4 +1,5 @@
-"""The search page in a real browser: Debian's chromium, driven by Playwright, against `python -m faclip serve`.
+"""The search page in a real browser: Debian's chromium, driven by Playwright, against `python -m faclip serve`
+(conftest.py's `server`, shared with the API tests).
 
 Each state is saved as a screenshot under the test's temp folder (printed; `pytest -s` shows where).
 Without chromium the module skips with one line naming the install command (`.ci/run` installs it).
@@ -10,7 +11,7 @@ import urllib.parse
 
 import httpx
 import pytest
-from serve_fixtures import MARKUP_PASSAGE, MARKUP_TITLE, Server, build_artifacts
+from serve_fixtures import MARKUP_PASSAGE, MARKUP_TITLE
 
 CHROMIUM = os.environ.get("FACLIP_CHROMIUM", "/usr/bin/chromium")
 if not shutil.which(CHROMIUM):
@@ -23,18 +24,6 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 LAPTOP = {"width": 1366, "height": 860}
 PHONE = {"width": 390, "height": 844}
-
-
-@pytest.fixture(scope="module")
-def artifacts(tmp_path_factory, tiny_model_dirs):
-    return build_artifacts(tmp_path_factory.mktemp("page"), tiny_model_dirs)
-
-
-@pytest.fixture(scope="module")
-def server(artifacts, tmp_path_factory):
-    running = Server([*artifacts.cli_args(), "--threads", "1"], tmp_path_factory.mktemp("page_log") / "server.log")
-    yield running
-    running.stop()
 
 
 @pytest.fixture(scope="module")

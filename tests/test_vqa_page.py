@@ -1,6 +1,7 @@
 """The page asks about a photo: real Chromium (Playwright) against `python -m faclip serve`.
 
-Uses the browser, server and screenshot fixtures of test_serve_page.py (skips as it does without chromium).
+Uses the browser, page and screenshot fixtures of test_serve_page.py (skips as it does without chromium) and
+conftest.py's `server`.
 """
 
 import re
@@ -8,8 +9,7 @@ import urllib.parse
 
 import httpx
 import pytest
-from test_serve_page import (PHONE, artifacts, browser, card_texts, no_sideways_scroll, page, server,  # noqa: F401
-                             shots)
+from test_serve_page import PHONE, browser, card_texts, no_sideways_scroll, page, shots  # noqa: F401
 
 QUESTION = "لیمو عمانی چه طعمی می‌دهد؟"
 expect = pytest.importorskip("playwright.sync_api").expect  # waits by selectors: the page's CSP forbids eval
