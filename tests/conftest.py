@@ -100,7 +100,7 @@ def pytest_collection_modifyitems(config, items):
         return 2 if item.get_closest_marker("xdist_group") else 3
 
     items.sort(key=rank)
-    if config.getvalue("loadgroup"):  # in a pytest-xdist worker under --dist loadgroup
+    if config.getoption("loadgroup", False):  # in a pytest-xdist worker under --dist loadgroup
         split = [item.nodeid for item in items if item.get_closest_marker("xdist_group") and "@" not in item.nodeid]
         if split:
             raise pytest.UsageError(f"pytest-xdist did not group {split[0]} (and {len(split) - 1} more): its "
