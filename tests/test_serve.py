@@ -24,6 +24,8 @@ from serve_fixtures import MARKUP_PASSAGE, artifacts_digest, faclip_env, free_po
 
 from faclip.serve import body_limit
 
+pytestmark = pytest.mark.xdist_group("serve")  # one worker runs them: they share conftest's one server
+
 
 @pytest.fixture(scope="module")
 def client(server):

@@ -21,6 +21,8 @@ from faclip.batching import Batcher, PixelBudget
 from faclip.search import Query, Retriever
 from faclip.serve import MAX_DETAIL_CHARS, PAGE_CSP, create_app, log_safe, set_retriever
 
+pytestmark = pytest.mark.xdist_group("serve")  # one worker runs them: they share conftest's one server
+
 
 def _retriever(artifacts, **kwargs) -> Retriever:
     return Retriever(artifacts.text_dir, artifacts.vision_dir, artifacts.index_dir, artifacts.docstore_path,

@@ -13,6 +13,8 @@ import httpx
 import pytest
 from serve_fixtures import MARKUP_PASSAGE, MARKUP_TITLE
 
+pytestmark = pytest.mark.xdist_group("serve")  # one worker runs them: they share conftest's one server
+
 CHROMIUM = os.environ.get("FACLIP_CHROMIUM", "/usr/bin/chromium")
 if not shutil.which(CHROMIUM):
     pytest.skip(f"{CHROMIUM} not found; install it with `apt-get install -y chromium chromium-driver`",

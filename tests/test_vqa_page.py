@@ -11,6 +11,8 @@ import httpx
 import pytest
 from test_serve_page import PHONE, browser, card_texts, no_sideways_scroll, page, shots  # noqa: F401
 
+pytestmark = pytest.mark.xdist_group("serve")  # one worker runs them: they share conftest's one server
+
 QUESTION = "لیمو عمانی چه طعمی می‌دهد؟"
 expect = pytest.importorskip("playwright.sync_api").expect  # waits by selectors: the page's CSP forbids eval
 
