@@ -57,6 +57,18 @@ def copy_repo(dest: Path) -> Path:
     return dest
 
 
+def raw_data_repo(root: Path, **dataset) -> tuple[Path, Path]:
+    """(repo, raw): a new git + DVC repository at root/repo whose raw/ holds conftest's small raw dataset
+    (make_raw_dataset's keyword arguments in `dataset`)."""
+    from conftest import make_raw_dataset
+
+    repo = root / "repo"
+    repo.mkdir()
+    git(repo, "init", "-q")
+    dvc(repo, "init", "-q")
+    return repo, make_raw_dataset(repo / "raw", **dataset)
+
+
 def private_copy(repo: Path, tmp_path: Path) -> Path:
     """A copy of a built repo (git history, DVC cache and outputs) that one test may change freely."""
     dest = tmp_path / "repo"

@@ -307,13 +307,9 @@ def test_check_params_names_what_dvc_would_hang_on_under_data_root(raw, tmp_path
 
 
 def test_dvcignore_hides_an_entry_from_check_params_as_from_dvc(tmp_path):
-    from repo_utils import dvc, git
+    from repo_utils import raw_data_repo
 
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    git(repo, "init", "-q")
-    dvc(repo, "init", "-q")
-    raw = make_raw_dataset(repo / "raw", n_dishes=2, images_per_dish=2)
+    repo, raw = raw_data_repo(tmp_path, n_dishes=2, images_per_dish=2)
     os.mkfifo(raw / "dish_00" / "stream.json")
     params = (REPO / "params.yaml").read_text(encoding="utf-8").replace("data/sample", "raw")
     assert "stream.json" in one_error_line(check_params(repo, params))

@@ -170,13 +170,9 @@ def test_prepare_counts_dishes_left_in_one_split(tmp_path):
 
 def test_dvcignore_hides_a_non_utf8_name_from_check_params_as_from_dvc(tmp_path):
     # Checked by hand with DVC 3.67: `*.json` in .dvcignore makes `dvc status` pass such a name too.
-    from repo_utils import dvc, git
+    from repo_utils import raw_data_repo
 
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    git(repo, "init", "-q")
-    dvc(repo, "init", "-q")
-    raw = make_raw_dataset(repo / "raw", n_dishes=2, images_per_dish=2)
+    repo, raw = raw_data_repo(tmp_path, n_dishes=2, images_per_dish=2)
     write_bytes_path(os.fsencode(raw) + b"/dish_00/" + CP1256 + b".bak", b"{}")
     params = (REPO / "params.yaml").read_text(encoding="utf-8").replace("data/sample", "raw")
     assert r"\xc7\xe1.bak (name not UTF-8)" in one_error_line(check_params(repo, params))
