@@ -161,6 +161,7 @@ def test_cli_image_query_prints_ranked_passages(setup, retriever):
     assert result.returncode == 0, result.stderr
     expected = format_hits(retriever.by_image(setup[5], k=3))
     assert result.stdout.strip() == expected.strip()
+    assert result.stderr == ""  # the hits only: no library's log lines (FAISS's loader logs two at INFO)
 
 
 def test_cli_errors_are_one_line_exit_2(setup, tmp_path, capsys):
