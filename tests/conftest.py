@@ -87,9 +87,9 @@ def tiny_model_dirs(tmp_path_factory) -> tuple[Path, Path]:
 def pytest_collection_modifyitems(config, items):
     """The order tests are handed to pytest-xdist's workers in (`--dist loadgroup --no-loadscope-reorder`
     keeps it): first one test that needs the e2e repo, so one worker builds it (minutes) while the others
-    run every test that needs none; then the e2e tests, the groups that share a repo copy (the longest
-    units: the README's blocks, its experiments, its push and pull) first, so the run does not end with
-    one worker busy on a long group and the others idle."""
+    run every test that needs none; then the e2e tests, longest first: the groups that share a repo copy
+    (the README's blocks, its experiments, its push and pull), then the tests that retrain, then the quick
+    ones, so the run does not end with one worker busy on a long test and the others idle."""
     first = next((item for item in items if "built_repo" in item.fixturenames), None)
 
     def rank(item) -> int:
@@ -97,7 +97,9 @@ def pytest_collection_modifyitems(config, items):
             return 0
         if not item.get_closest_marker("e2e"):
             return 1
-        return 2 if item.get_closest_marker("xdist_group") else 3
+        if item.get_closest_marker("xdist_group"):
+            return 2
+        return 3 if item.get_closest_marker("retrains") else 4
 
     items.sort(key=rank)
     if config.getoption("loadgroup", False):  # in a pytest-xdist worker under --dist loadgroup

@@ -114,8 +114,10 @@ def make_other_vision_model(repo: Path, dest: Path) -> Path:
 @pytest.mark.parametrize("edit, expected", [
     ({"eval.k": [1, 3]}, {"evaluate"}),
     ({"vqa.photo_weight": 0.5}, {"evaluate"}),
-    ({"model.vision": "OTHER_VISION"}, {"base", "embed", "train", "index", "evaluate"}),
-    ({"data.test_fraction": 0.3}, {"prepare", "embed", "train", "index", "evaluate"}),
+    pytest.param({"model.vision": "OTHER_VISION"}, {"base", "embed", "train", "index", "evaluate"},
+                 marks=pytest.mark.retrains),
+    pytest.param({"data.test_fraction": 0.3}, {"prepare", "embed", "train", "index", "evaluate"},
+                 marks=pytest.mark.retrains),
     ({"embed.batch_size": 7, "embed.num_workers": 0}, {"embed"}),  # same vectors (cached): nothing downstream
 ], ids=["eval", "vqa", "model.vision", "data.test_fraction", "embed"])
 def test_param_edit_reruns_only_affected_stages(repo, tmp_path, edit, expected):
@@ -199,6 +201,7 @@ def test_exp_show_leads_with_the_headline_and_fits_a_screen(readme_experiments, 
     assert not [name for name in everything if name.endswith(("pairs", "images", "dishes", "passages"))], everything
 
 
+@pytest.mark.retrains
 def test_exp_run_positives_image_then_metrics_diff_shows_what_the_original_objective_costs(repo):
     result = dvc(repo, "exp", "run", "-S", "positives=image", "-n", "by-image")
     assert ran_stages(result.stdout) == {"check_params", "train", "index", "evaluate"}, result.stdout
@@ -354,6 +357,7 @@ def test_old_index_pulled_next_to_a_new_model_is_refused(readme_sharing, tmp_pat
         assert len(errors) == 1 and "dvc repro index" in errors[0], result.stderr
 
 
+@pytest.mark.retrains
 def test_adding_a_photo_reruns_prepare_and_embeds_only_that_photo(repo):
     folder = repo / "data/sample/kebabs/mashhad/joojeh"
     record = json.loads((folder / "joojeh.json").read_text(encoding="utf-8-sig").splitlines()[0])

@@ -51,6 +51,7 @@ def repo(built_repo, tmp_path) -> Path:
     return private_copy(built_repo, tmp_path)
 
 
+@pytest.mark.retrains
 def test_epochs_zero_runs_from_a_clean_state_and_writes_every_declared_output(repo):
     # The documented baseline, from a state with no checkpoints folder (as a fresh clone has none).
     shutil.rmtree(repo / "models/checkpoints")
@@ -107,6 +108,7 @@ def test_a_good_edit_reruns_only_the_stages_that_read_the_key(repo):
                                                           "metrics/eval_plots"}
 
 
+@pytest.mark.retrains
 def test_the_readmes_set_param_forms_run_as_written(repo):
     # DVC writes `learning_rate: 3e-05`, which YAML 1.2 reads as a number: every stage must too.
     result = dvc(repo, "exp", "run", "-S", "learning_rate=0.00003", "-S", "epochs=1", "-n", "real-model-lr")
