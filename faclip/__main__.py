@@ -9,7 +9,6 @@ answer at once; torch, transformers, FAISS and pandas load with the command that
 """
 
 import argparse
-import logging
 import math
 import os
 import sys
@@ -142,7 +141,6 @@ COMMANDS = {"search": search_command, "serve": serve_command, "plots": plots_com
 def main(argv=None) -> None:
     """CLI entry point (`faclip`, or `python -m faclip`): a FaclipError is one line, exit 2."""
     args = build_parser().parse_args(argv)
-    logging.getLogger("faiss").setLevel(logging.WARNING)  # not its loader's two INFO lines on every command
 
     def command() -> None:
         check_numbers(args)

@@ -37,6 +37,7 @@ def run_main(main: Callable[[], None]) -> None:
     """Run a stage/CLI `main` with logging set up; a FaclipError (or a full disk) becomes one line on
     stderr, exit 2."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("faiss").setLevel(logging.WARNING)  # not its loader's two INFO lines in every command
     try:
         main()
     except FaclipError as err:

@@ -4,7 +4,6 @@ on what faclip reads from a data folder: a regular file under the data root, of 
 the root that DVC's own hashing would hang on (`unhashable_entries`)."""
 
 import contextlib
-import errno
 import hashlib
 import json
 import os

@@ -109,6 +109,25 @@ def pytest_collection_modifyitems(config, items):
                                     "xdist_group needs pytest 8 (requirements-dev.txt pins it)")
 
 
+@pytest.fixture
+def faclip_cli(capsys, monkeypatch):
+    """`faclip ARGS` in this process, on CPU as the tests' `python -m faclip` processes run it (a new process
+    would cost seconds of imports): call it with the arguments, get what it printed on stdout."""
+    import torch
+
+    import faclip.search
+    from faclip.__main__ import main
+
+    monkeypatch.setattr(faclip.search, "pick_device", lambda: torch.device("cpu"))  # GPU encoding is bf16
+
+    def run(*args: str) -> str:
+        capsys.readouterr()
+        main(list(args))  # a FaclipError would exit 2 here
+        return capsys.readouterr().out
+
+    return run
+
+
 # --- the end-to-end repo, built once per test run ---------------------------------------------------
 # `dvc repro` of the whole pipeline takes minutes on 2 cores: it runs once per test run (once in all,
 # under pytest-xdist too: the first worker builds it under a lock, the others wait and reuse it), and

@@ -13,7 +13,6 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 from conftest import DISHES, REPO, draw_dish_image
 
 from faclip.encode import encode_images, encode_texts
@@ -140,18 +139,12 @@ def cli(setup, *args):
     )
 
 
-def test_cli_text_query_as_json(setup, capsys, monkeypatch):
-    # In this process, on CPU as cli() runs (a second process would cost seconds of imports); the photo test
-    # below runs the command.
-    import faclip.search
-    from faclip.__main__ import main
-
-    monkeypatch.setattr(faclip.search, "pick_device", lambda: torch.device("cpu"))
+def test_cli_text_query_as_json(setup, faclip_cli):
+    # In this process (the photo test below runs the command as a process).
     text_dir, vision_dir, index_dir, docstore_path, docstore, _ = setup
-    capsys.readouterr()
-    main(["search", "--text", docstore["passage_text"][2], "--k", "2", "--json", "--model", str(text_dir),
-          "--vision", str(vision_dir), "--index", str(index_dir), "--docstore", str(docstore_path)])
-    hits = json.loads(capsys.readouterr().out)
+    hits = json.loads(faclip_cli("search", "--text", docstore["passage_text"][2], "--k", "2", "--json",
+                                 "--model", str(text_dir), "--vision", str(vision_dir), "--index", str(index_dir),
+                                 "--docstore", str(docstore_path)))
     assert [h["rank"] for h in hits] == [1, 2]
     assert hits[0]["passage_id"] == docstore["id"][2] and hits[0]["passage_text"] == docstore["passage_text"][2]
 

@@ -7,7 +7,6 @@ per request.
 """
 
 import base64
-import io
 import json
 import socket
 import struct
@@ -33,18 +32,10 @@ def client(server):
         yield http
 
 
-def cli_json(artifacts, capsys, monkeypatch, *args) -> list[dict]:
-    """`faclip search ARGS --json` over the artifacts, in this process (test_search.py runs the command as a
-    process): the hits the CLI prints. On CPU, as the server runs (faclip_env): GPU encoding runs in bf16."""
-    import torch
-
-    import faclip.search
-    from faclip.__main__ import main
-
-    monkeypatch.setattr(faclip.search, "pick_device", lambda: torch.device("cpu"))
-    capsys.readouterr()
-    main(["search", *args, "--json", *artifacts.cli_args()])  # a FaclipError would exit 2 here
-    return json.loads(capsys.readouterr().out)
+def cli_json(faclip_cli, artifacts, *args) -> list[dict]:
+    """The hits `faclip search ARGS --json` prints over the artifacts (in this process, on CPU as the server
+    runs; test_search.py runs the command as a process)."""
+    return json.loads(faclip_cli("search", *args, "--json", *artifacts.cli_args()))
 
 
 def assert_same_hits(served: list[dict], expected: list[dict]) -> None:
@@ -95,8 +86,8 @@ def test_text_by_get_and_by_post_agree(client):
     assert client.post("/search", json={"text": query, "k": 5}).json()["hits"] == by_get
 
 
-def test_photo_hits_equal_the_cli_as_upload_and_as_base64(client, artifacts, capsys, monkeypatch):
-    expected = cli_json(artifacts, capsys, monkeypatch, "--image", str(artifacts.photo), "--k", "5")
+def test_photo_hits_equal_the_cli_as_upload_and_as_base64(client, artifacts, faclip_cli):
+    expected = cli_json(faclip_cli, artifacts, "--image", str(artifacts.photo), "--k", "5")
     photo = artifacts.photo.read_bytes()
     upload = client.post("/search/image", params={"k": 5}, files={"file": ("photo.jpg", photo, "image/jpeg")})
     assert upload.status_code == 200, upload.text
@@ -108,7 +99,7 @@ def test_photo_hits_equal_the_cli_as_upload_and_as_base64(client, artifacts, cap
     assert_same_hits(as_data_url.json()["hits"], expected)
 
 
-def test_per_dish_keeps_the_best_passages_of_each_dish(client, artifacts, capsys, monkeypatch):
+def test_per_dish_keeps_the_best_passages_of_each_dish(client, artifacts, faclip_cli):
     everything = client.get("/search", params={"text": "قورمه سبزی", "k": 100}).json()["hits"]
     assert len(everything) == len(artifacts.docstore)  # k is capped at the index size
     seen, expected = set(), []
@@ -120,7 +111,7 @@ def test_per_dish_keeps_the_best_passages_of_each_dish(client, artifacts, capsys
     assert served == expected[:4]
     assert len({h["food_id"] for h in served}) == 4
     # The CLI's --per-dish gives the server's answer (the text-query twin of the photo test above).
-    by_cli = cli_json(artifacts, capsys, monkeypatch, "--text", "قورمه سبزی", "--k", "4", "--per-dish", "1")
+    by_cli = cli_json(faclip_cli, artifacts, "--text", "قورمه سبزی", "--k", "4", "--per-dish", "1")
     assert_same_hits(served, by_cli)
     one_each = client.post("/search", json={"text": "قورمه سبزی", "k": 100, "per_dish": 1}).json()["hits"]
     assert one_each == expected  # fewer than k when there are fewer dishes
