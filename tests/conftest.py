@@ -13,6 +13,9 @@ from PIL import Image, ImageDraw
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Workers share the cores with each other's torch processes: OpenMP threads that wait passively leave them
+# to the others (no result depends on it).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,8 +91,9 @@ def pytest_collection_modifyitems(config, items):
     """The order tests are handed to pytest-xdist's workers in (`--dist loadgroup --no-loadscope-reorder`
     keeps it): first one test that needs the e2e repo, so one worker builds it (minutes) while the others
     run every test that needs none; then the e2e tests, longest first: the groups that share a repo copy
-    (the README's blocks, its experiments, its push and pull), then the tests that retrain, then the quick
-    ones, so the run does not end with one worker busy on a long test and the others idle."""
+    (the README's blocks, its experiments, its push and pull), then the tests that retrain, then the others,
+    then the quick ones (no stage runs), so the run does not end with one worker busy on a long test and the
+    others idle (pytest-xdist gives a worker up to three tests ahead)."""
     first = next((item for item in items if "built_repo" in item.fixturenames), None)
 
     def rank(item) -> int:
@@ -99,7 +103,9 @@ def pytest_collection_modifyitems(config, items):
             return 1
         if item.get_closest_marker("xdist_group"):
             return 2
-        return 3 if item.get_closest_marker("retrains") else 4
+        if item.get_closest_marker("retrains"):
+            return 3
+        return 5 if item.get_closest_marker("quick") else 4
 
     items.sort(key=rank)
     if config.getoption("loadgroup", False):  # in a pytest-xdist worker under --dist loadgroup

@@ -38,6 +38,20 @@ def dvc(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProces
     return run(cwd, sys.executable, "-m", "dvc", *args, check=check)
 
 
+def dvc_status(repo: Path, *targets: str) -> dict:
+    """What `dvc status --json [TARGETS]` prints, from the `Repo.status` DVC's command calls, in this process
+    (a `dvc` process costs a second of imports): {} when every stage is up to date."""
+    from dvc.repo import Repo
+
+    before = os.getcwd()
+    os.chdir(repo)  # DVC names stages, and reads targets, relative to the working directory, as its CLI does
+    try:
+        with Repo() as dvc_repo:
+            return dvc_repo.status(targets=list(targets) or None)
+    finally:
+        os.chdir(before)
+
+
 def git(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     return run(cwd, "git", *args, check=check)
 

@@ -172,7 +172,7 @@ def test_a_full_disk_is_one_line_and_leaves_the_old_files(tmp_path):
     assert "\n" not in str(err.value)
     assert sorted((p.name, p.read_text()) for p in tmp_path.iterdir()) == [("a.txt", "old a"), ("b.txt", "old b")]
     with pytest.raises(FaclipError, match="no space left"):
-        with atomic_dir(tmp_path / "d") as tmp:
+        with atomic_dir(tmp_path / "d"):
             raise RuntimeError("[enforce fail at inline_container.cc:1] . PytorchStreamWriter failed writing file "
                                "data/0: No space left on device")
     assert not (tmp_path / "d").exists()

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import E2E_EPOCHS
-from repo_utils import STAGES, dvc, git, private_copy, ran_stages, tool_env
-from test_dvc_workflows import tree_digest
+from repo_utils import STAGES, dvc, dvc_status, git, private_copy, ran_stages, tool_env
+from test_dvc_workflows import assert_status_clean, tree_digest
 
 pytestmark = pytest.mark.e2e
 
@@ -38,10 +38,6 @@ def kept(repo: Path) -> dict[str, str]:
     return {out: tree_digest(repo / out) for out in KEPT}
 
 
-def status(repo: Path) -> dict:
-    return json.loads(dvc(repo, "status", "--json").stdout or "{}")
-
-
 def faclip_errors(result: subprocess.CompletedProcess) -> list[str]:
     return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("faclip error")]
 
@@ -62,7 +58,7 @@ def test_epochs_zero_runs_from_a_clean_state_and_writes_every_declared_output(re
     assert not any((repo / "models/checkpoints").iterdir())
     train = json.loads((repo / "metrics/train.json").read_text(encoding="utf-8"))
     assert train["epochs"] == 0 and train["steps"] == 0
-    assert status(repo) == {}
+    assert dvc_status(repo) == {}
 
 
 @pytest.mark.parametrize("key, line, named", [
@@ -88,13 +84,13 @@ def test_bad_params_fail_in_one_line_before_any_output_is_deleted(repo, key, lin
     assert ran_stages(result.stdout) == {"check_params"}, result.stdout
     assert kept(repo) == before  # models/finetuned, the index and every metric are still the last good ones
     # `dvc status` tells the truth: the gate did not pass, so every stage is out of date.
-    changed = status(repo)
+    changed = dvc_status(repo)
     assert "check_params" in changed and set(changed) == set(STAGES), changed
     # Fixing params.yaml reruns the gate alone; its output is byte-identical, so nothing else reruns.
     git(repo, "checkout", "params.yaml")
     result = dvc(repo, "repro")
     assert ran_stages(result.stdout) == {"check_params"}, result.stdout
-    assert status(repo) == {} and git(repo, "status", "--porcelain").stdout == ""
+    assert dvc_status(repo) == {} and git(repo, "status", "--porcelain").stdout == ""
     assert kept(repo) == before
 
 
@@ -106,18 +102,13 @@ def test_a_good_edit_reruns_only_the_stages_that_read_the_key(repo):
     after = kept(repo)
     assert {k for k in before if before[k] != after[k]} == {"metrics/eval.json", "metrics/headline.json",
                                                           "metrics/eval_plots"}
+    assert_status_clean(repo)
 
 
-@pytest.mark.retrains
-def test_the_readmes_set_param_forms_run_as_written(repo):
-    # DVC writes `learning_rate: 3e-05`, which YAML 1.2 reads as a number: every stage must too.
-    result = dvc(repo, "exp", "run", "-S", "learning_rate=0.00003", "-S", "epochs=1", "-n", "real-model-lr")
-    assert ran_stages(result.stdout) == {"check_params", "train", "index", "evaluate"}, result.stdout
-    assert "3e-05" in (repo / "params.yaml").read_text(encoding="utf-8")
-    train = json.loads((repo / "metrics/train.json").read_text(encoding="utf-8"))
-    assert train["epochs"] == 1 and train["steps"] > 0
-    shown = json.dumps(json.loads(dvc(repo, "exp", "show", "--json").stdout))
-    assert "real-model-lr" in shown
+@pytest.mark.quick
+def test_a_set_param_typo_is_refused_before_anything_runs(repo):
+    # (`-S learning_rate=0.00003`, which DVC writes as `3e-05`, is the README's second experiment: every stage
+    # reads it as a number, test_dvc_workflows.py::test_exp_run_reruns_only_the_stages_that_read_the_key.)
     # A -S typo is refused by DVC itself (its params are struct): nothing runs.
     typo = dvc(repo, "exp", "run", "-S", "epoch=5", check=False)
     assert typo.returncode != 0 and "epoch" in typo.stderr and ran_stages(typo.stdout) == set()
@@ -152,4 +143,4 @@ def test_a_hostile_data_folder_gets_one_line_errors_and_named_skips(repo):
     stats = json.loads((repo / "metrics/prepare.json").read_text(encoding="utf-8"))
     assert stats["skipped"] == {"invalid_characters": 1, "json_not_a_file": 1, "json_too_deep": 1,
                                 "missing_response": 1, "missing_title": 1}, stats["skipped"]
-    assert status(repo) == {}
+    assert dvc_status(repo) == {}

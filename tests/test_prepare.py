@@ -362,12 +362,12 @@ def test_stage_error_is_one_line_exit_2(tmp_path):
 
 @pytest.mark.e2e
 def test_dvc_repro_prepare_on_the_sample(tmp_path):
-    from repo_utils import copy_repo, dvc
+    from repo_utils import copy_repo, dvc, dvc_status
 
     repo = copy_repo(tmp_path / "repo")
     result = dvc(repo, "repro", "prepare")
     assert "Running stage 'prepare'" in result.stdout
     stats = json.loads((repo / "metrics/prepare.json").read_text(encoding="utf-8"))
     assert stats["dishes"] == 24 and stats["skipped_total"] == 0 and stats["test_images"] > 0
-    assert json.loads(dvc(repo, "status", "prepare", "--json").stdout or "{}") == {}
+    assert dvc_status(repo, "prepare") == {}
     assert "didn't change" in dvc(repo, "repro", "prepare").stdout
