@@ -376,8 +376,8 @@ Final train loss: {fmt(m['loss'])}.
 import torch
 from transformers import AutoModel, AutoTokenizer
 
-tokenizer = AutoTokenizer.from_pretrained("models/finetuned")
-model = AutoModel.from_pretrained("models/finetuned").eval()
+tokenizer = AutoTokenizer.from_pretrained("models/finetuned", trust_remote_code=False)
+model = AutoModel.from_pretrained("models/finetuned", trust_remote_code=False).eval()  # never a folder's code
 batch = tokenizer(["قورمه سبزی"], padding=True, truncation=True, max_length={params.max_text_len}, return_tensors="pt")
 with torch.no_grad():
     text_emb = torch.nn.functional.normalize(model(**batch).pooler_output, dim=-1)

@@ -2,6 +2,7 @@
 
 import dataclasses
 import importlib.util
+import io
 import json
 import logging
 import math
@@ -136,6 +137,33 @@ def test_the_result_is_a_plain_hf_folder_with_provenance_and_a_card(trained, inp
     assert info["vision_sha256"] == json.loads((inputs.image_embeddings / "manifest.json").read_text())["vision_sha256"]
     card = (out / "README.md").read_text()
     assert "AutoModel.from_pretrained" in card and f"{result.metrics['test_recall@1']:.3f}" in card
+
+
+def test_the_cards_snippet_loads_the_model_and_never_a_folders_code(trained, inputs, tmp_path, monkeypatch):
+    from test_remote_code import hostile_copy
+
+    result, _ = trained
+    out = tmp_path / "finetuned"
+    save(result, out, FAST, inputs)
+    snippet = (out / "README.md").read_text(encoding="utf-8").split("```python\n", 1)[1].split("```", 1)[0]
+
+    def run_snippet(folder):  # as a user runs it, with this folder for models/finetuned
+        namespace = {}
+        exec(snippet.replace('"models/finetuned"', repr(str(folder))), namespace)
+        return namespace["text_emb"]
+
+    emb = run_snippet(out)
+    assert emb.shape == (1, result.model.config.hidden_size)
+    torch.testing.assert_close(emb.norm(dim=-1), torch.ones(1))
+    # A tampered copy whose config names its own code is refused, even when stdin would answer transformers'
+    # "Do you wish to run the custom code?" with y: the snippet says trust_remote_code=False.
+    marker = tmp_path / "ran.marker"
+    hostile = hostile_copy(out, tmp_path / "hostile", marker, "config.json",
+                           {"AutoConfig": "evil.EvilConfig", "AutoModel": "evil.EvilModel"}, model_type="evil")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("y\n" * 10))
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        run_snippet(hostile)
+    assert not marker.exists()
 
 
 class Crash(Exception):
