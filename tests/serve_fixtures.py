@@ -5,7 +5,6 @@ conftest.py starts one such server per test session (fixtures `artifacts`, `serv
 (test_serve_contract.py): each start costs seconds of CPU, almost all of it importing torch and transformers.
 """
 
-import hashlib
 import json
 import os
 import socket
@@ -19,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 from conftest import DISHES, REPO, draw_dish_image
 
+from faclip.files import sha256_dir, sha256_file
 from faclip.text import food_id_for, passage_id_for
 
 # A dish whose title and passage hold markup, as scraped data may: the page must show these characters.
@@ -61,13 +61,9 @@ def build_artifacts(root: Path, tiny_model_dirs) -> Artifacts:
 
 
 def artifacts_digest(artifacts: Artifacts) -> str:
-    """sha256 over every artifact file (names and bytes): equal before and after means nothing wrote to them."""
-    digest = hashlib.sha256()
-    for root in (artifacts.text_dir, artifacts.vision_dir, artifacts.index_dir, artifacts.docstore_path):
-        for path in sorted([root] if root.is_file() else root.rglob("*")):
-            if path.is_file():
-                digest.update(f"{path}\0".encode() + path.read_bytes())
-    return digest.hexdigest()
+    """The sha256 of every artifact folder and file: equal before and after means nothing wrote to them."""
+    folders = (artifacts.text_dir, artifacts.vision_dir, artifacts.index_dir)
+    return " ".join([*map(sha256_dir, folders), sha256_file(artifacts.docstore_path)])
 
 
 def free_port() -> int:

@@ -4,7 +4,6 @@ metrics diff, push/pull (local folder and S3 via moto), and content-hash checks 
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ from PIL import Image
 
 from conftest import build_once
 from repo_utils import REPO, STAGES, dvc, dvc_status, git, private_copy, ran_stages, run, tool_env
+from serve_fixtures import free_port
 
 pytestmark = pytest.mark.e2e
 
@@ -293,12 +293,6 @@ def test_push_and_pull_as_the_readme_says(readme_sharing):
         assert_status_clean(cloned)
         assert (cloned / "params.yaml").read_text(encoding="utf-8") == left["params"]
     assert "learning_rate: 0.0005" in readme_sharing["steps"]["experiment"]["params"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture

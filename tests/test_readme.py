@@ -8,7 +8,6 @@ it is reported as skipped with that reason. Blocks that call the server (`127.0.
 """
 
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from repo_utils import REPO, private_copy, tool_env
+from serve_fixtures import free_port
 
 FENCE = re.compile(r"^(?:<!--\s*not run:\s*(?P<reason>.+?)\s*-->\n)?```(?P<lang>[a-z]*)\n(?P<body>.*?)^```$",
                    re.S | re.M)
@@ -48,12 +48,6 @@ def test_the_marker_convention_is_parsed():
     assert readme_blocks(text) == [("A #1", "bash", "echo 1\n", None), ("A #2", "bash", "aws s3 ls\n", "needs S3"),
                                    ("B #1", "python", "print(2)\n", None)]
     assert len(BLOCKS) >= 10  # the README's own blocks are found
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
