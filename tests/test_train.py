@@ -164,6 +164,11 @@ def test_the_cards_snippet_loads_the_model_and_never_a_folders_code(trained, inp
     with pytest.raises(ValueError, match="trust_remote_code"):
         run_snippet(hostile)
     assert not marker.exists()
+    # A known model whose tokenizer config names code of its own: the library's tokenizer, never that code.
+    tokenizer_marker = tmp_path / "tokenizer.marker"
+    run_snippet(hostile_copy(out, tmp_path / "hostile_tokenizer", tokenizer_marker, "tokenizer_config.json",
+                             {"AutoTokenizer": ["evil.EvilTokenizer", None]}))
+    assert not tokenizer_marker.exists()
 
 
 class Crash(Exception):
