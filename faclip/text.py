@@ -1,9 +1,10 @@
 """Persian text normalisation: one function for what the model reads, one for identity keys.
 
-Real scrapes mix Arabic yeh/kaf (ي ك) with Persian (ی ک), ZWNJ with spaces, and carry
-diacritics and tatweel. `normalize_text` cleans what the encoder reads (it keeps ZWNJ, which
-carries meaning in Persian words); `identity_key` goes further (ZWNJ≡space, Latin lower-cased)
-and decides when two passages or two titles are the same.
+Real scrapes mix Arabic yeh/kaf (ي ك) with Persian (ی ک), Latin digits with Persian ones, ZWNJ with spaces,
+store the presentation forms PDFs hold (ﮎﺏﺍﺏ), and carry diacritics and tatweel. `normalize_text` cleans what
+the encoder reads and folds every spelling of a letter or digit to one (it keeps a ZWNJ between two letters,
+which carries meaning in Persian words); `identity_key` goes further (ZWNJ≡space, Latin lower-cased) and
+decides when two passages or two titles are the same. Queries go through the same two functions.
 
 Invisible characters (zero-width marks, bidi controls, BOM, soft hyphen, blank-looking fillers) and
 stray control characters are dropped, so a text made only of them, of spaces, ZWNJ, tatweel or
@@ -16,17 +17,49 @@ import re
 import unicodedata
 
 ZWNJ = "\u200c"
-# Arabic code points and their Persian forms; Arabic-Indic digits to Persian digits.
+PERSIAN_DIGITS = "۰۱۲۳۴۵۶۷۸۹"
+# Spellings of one letter or digit, folded to the Persian one. Each only changes how a word is spelled:
+# Arabic yeh/kaf/teh marbuta; look-alikes that Urdu and Arabic keyboards and decorative fonts put into Persian
+# text (heh doachashmee, heh goal, teh marbuta goal, swash kaf, alef wasla); heh with yeh above as heh with
+# hamza above (the hamza then goes with the other diacritics); Latin and Arabic-Indic digits and the percent
+# sign as Persian ones (the digits Persian text is set in, and the ones ids already used: Arabic-Indic digits
+# were folded to Persian before Latin ones were; both tokenizers are byte-level BPE, so no digit is unknown).
+# Letters that spell different words in the languages that write them (Kurdish ە ۆ ڵ ڤ, Urdu ے ٹ, Pashto ې)
+# and the hamza carriers (أ ؤ ئ, آ) are left as written: see the README.
 _LETTERS = {
     "\u064a": "\u06cc",  # ي -> ی
     "\u0649": "\u06cc",  # ى -> ی
     "\u0643": "\u06a9",  # ك -> ک
+    "\u06aa": "\u06a9",  # ڪ (swash kaf) -> ک
     "\u0629": "\u0647",  # ة -> ه
-    **{chr(0x0660 + i): chr(0x06F0 + i) for i in range(10)},
+    "\u06c3": "\u0647",  # ۃ (teh marbuta goal) -> ه
+    "\u06be": "\u0647",  # ھ (heh doachashmee) -> ه
+    "\u06c1": "\u0647",  # ہ (heh goal) -> ه
+    "\u06c0": "\u0647\u0654",  # ۀ -> هٔ
+    "\u0671": "\u0627",  # ٱ (alef wasla) -> ا
+    "%": "\u066a",  # % -> ٪
+    **{chr(0x0030 + i): digit for i, digit in enumerate(PERSIAN_DIGITS)},  # 0-9
+    **{chr(0x0660 + i): digit for i, digit in enumerate(PERSIAN_DIGITS)},  # ٠-٩
 }
-_ARABIC = re.compile(f"[{''.join(_LETTERS)}]")  # a regex, not str.translate: ~10x faster on long texts
-# Harakat, tanwin, shadda, sukun, superscript alef, and tatweel (kashida): dropped.
-_DROP = re.compile("[\u064b-\u065f\u0670\u0640]")
+# Harakat, tanwin, shadda, sukun, superscript alef, tatweel (kashida), and their presentation forms: dropped.
+_DROP = re.compile("[\u064b-\u065f\u0670\u0640\ufc5e-\ufc63\ufcf2-\ufcf4\ufe70-\ufe7f]")
+
+
+def _presentation_forms() -> dict[str, str]:
+    """Each Arabic presentation form (U+FB50-U+FDFF, U+FE70-U+FEFF: the glyphs PDFs and old sites store) as
+    its compatibility decomposition, letters then folded: 'ﮎ' -> 'ک', 'ﻻ' -> 'لا'. Only these blocks, so
+    nothing else NFKC would change (fullwidth Latin, ligatures like 'ﬁ', superscripts) moves."""
+    forms = {}
+    for code in [*range(0xFB50, 0xFE00), *range(0xFE70, 0xFF00)]:
+        char = chr(code)
+        decomposed = unicodedata.normalize("NFKC", char)
+        if decomposed != char and not _DROP.match(char):
+            forms[char] = "".join(_LETTERS.get(c, c) for c in decomposed)
+    return forms
+
+
+_FOLDS = {**_LETTERS, **_presentation_forms()}
+_FOLD = re.compile("[" + "".join(re.escape(c) for c in sorted(_FOLDS)) + "]")  # a regex, not str.translate: ~10x faster on long texts
 # Invisible characters scrapes leave behind (ZWNJ itself is handled apart): Unicode's format characters
 # (zero-width space/joiner, LRM/RLM, bidi embeddings and isolates, word joiner, BOM, soft hyphen, tags),
 # the combining grapheme joiner, blank-looking fillers (Hangul fillers, braille blank), and control
@@ -37,23 +70,28 @@ _INVISIBLE = re.compile(
     "\u2066-\u206f\u2800\u3164\ufeff\uffa0\ufff9-\ufffb\U000e0001\U000e0020-\U000e007f]")
 _INVALID = re.compile(f"[{_CONTROL}]")
 _DROPPED = re.compile(f"{_DROP.pattern}|{_INVISIBLE.pattern}")
-_ZWNJ_RUN = re.compile(f"\\s*{ZWNJ}[\\s{ZWNJ}]*")
-_SPACES_TO_FIX = re.compile(r"\s{2,}|[^\S ]")  # what collapsing changes: runs, and tabs/newlines/NBSP...
+_ZWNJS = re.compile(f"{ZWNJ}+")
+
+
+def _zwnj(match: re.Match) -> str:
+    """A run of ZWNJ between two letters (or digits) is one ZWNJ; anywhere else (beside a space or punctuation, at
+    an end) it joins nothing and is dropped, so «سلام‌ به» is «سلام به» and «کباب‌،» is «کباب،»."""
+    text, start, end = match.string, match.start(), match.end()
+    return ZWNJ if start and end < len(text) and text[start - 1].isalnum() and text[end].isalnum() else ""
 
 
 def normalize_text(text: str) -> str:
-    """Clean a Persian text for the encoder: NFC, Persian letters, no diacritics, tidy ZWNJ and spaces."""
-    text = _ARABIC.sub(lambda m: _LETTERS[m.group()], unicodedata.normalize("NFC", text))
-    text = _INVISIBLE.sub("", _DROP.sub("", text))
+    """Clean a Persian text for the encoder: NFC, Persian letters and digits, no diacritics, tidy ZWNJ and spaces."""
+    text = unicodedata.normalize("NFC", _INVISIBLE.sub("", text))  # invisibles first: one between a letter and its mark
+    text = _DROP.sub("", _FOLD.sub(lambda m: _FOLDS[m.group()], text))
     if ZWNJ in text:
-        text = _ZWNJ_RUN.sub(ZWNJ, text)  # a ZWNJ next to spaces, or repeated, is one ZWNJ
-    text = _SPACES_TO_FIX.sub(" ", text).strip()
-    return text.strip(ZWNJ).strip()
+        text = _ZWNJS.sub(_zwnj, text)
+    return " ".join(text.split())  # whitespace runs (tabs, newlines, NBSP...) -> one space, ends stripped
 
 
 def identity_key(text: str) -> str:
     """The form two texts must share to be the same passage or dish (ZWNJ≡space, Latin lower-cased)."""
-    return _SPACES_TO_FIX.sub(" ", normalize_text(text).replace(ZWNJ, " ")).strip().lower()
+    return normalize_text(text).replace(ZWNJ, " ").lower()  # a ZWNJ is left only between two letters: no new runs
 
 
 def is_blank(text: str) -> bool:

@@ -8,9 +8,9 @@ def test_arabic_letters_become_persian():
     assert normalize_text("ة ى ٣") == "ه ی ۳"
 
 
-def test_diacritics_and_tatweel_dropped_zwnj_kept():
+def test_diacritics_and_tatweel_dropped_zwnj_between_letters_kept():
     assert normalize_text("كَبـــاب") == "کباب"
-    assert normalize_text(f"می {ZWNJ} خورند") == f"می{ZWNJ}خورند"
+    assert normalize_text(f"می{ZWNJ}{ZWNJ}خورند") == f"می{ZWNJ}خورند"
     assert normalize_text(f"{ZWNJ}{ZWNJ}سلام{ZWNJ}") == "سلام"
 
 
@@ -34,6 +34,79 @@ def test_passage_id_stable_and_variant_insensitive():
     assert a == passage_id_for("كباب كوبيده را با نان مي خورند.")
     assert a != passage_id_for("کباب برگ را با نان می‌خورند.")
     assert len(a) == 16 and int(a, 16) >= 0
+
+
+# Each row: spellings of one dish or passage as the web writes them. They must be one identity (food_id,
+# passage_id) and, as every fold here only changes spelling, the encoders must read the same text.
+SAME = [
+    pytest.param("کباب کوبیده", "ﮐﺒﺎﺏ ﮐﻮﺑﯿﺪﻩ", "ﮎﺏﺍﺏ ﮎﻭﺏﯼﺩﻩ", "كباب كوبيده", id="presentation forms, Arabic kaf/yeh"),
+    pytest.param("سالاد شیرازی", "ﺳﺎﻻﺩ ﺷﯿﺮﺍﺯﯼ", "سالاد شيرازى", id="lam-alef ligature, alef maksura"),
+    pytest.param("سالاد شماره ۳", "سالاد شماره 3", "سالاد شماره ٣", id="digits in three scripts"),
+    pytest.param("۱۲۵۰ گرم، ۵۰٪ چربی", "1250 گرم، 50% چربی", "١٢٥٠ گرم، ٥٠٪ چربی", id="numbers and percent"),
+    pytest.param("کله پاچه", "کلۀ پاچه", "کلهٔ پاچه", "ﮐﻠﮥ ﭘﺎﭼﻪ", "كلة پاچه", id="heh with yeh or hamza above"),
+    pytest.param("سلام به همه", f"سلام{ZWNJ} به {ZWNJ}همه", f"{ZWNJ}سلام {ZWNJ}{ZWNJ} به همه{ZWNJ}", id="ZWNJ beside spaces"),
+    pytest.param("«کباب»، برنج", f"«{ZWNJ}کباب{ZWNJ}»{ZWNJ}، برنج", id="ZWNJ beside punctuation"),
+    pytest.param("هویج پلو", "ھویج پلو", "هویج پلوٓ", id="heh doachashmee"),
+    pytest.param("شله زرد", "شلہ زرد", "شلۃ زرد", id="heh goal, teh marbuta goal"),
+    pytest.param("کشک بادمجان", "ڪشڪ بادمجان", id="swash kaf"),
+    pytest.param("سالاد اولویه", "سالاد ٱولویه", "سالاد ﭐﻭﻟﻮﯾﻪ", id="alef wasla"),
+    pytest.param("کباب", "کبﹶاب", "كﹷبﹼاب", id="presentation forms of diacritics"),
+]
+# Spellings that must stay apart: different dishes one letter apart, different numbers, and a fold left out.
+APART = [
+    ("شیر برنج", "سیر برنج"),  # milk pudding, garlic rice: one letter
+    ("قیمه", "قلیه"),
+    ("کباب برگ", "کباب ترگ"),
+    ("سالاد شماره ۳", "سالاد شماره 8"),
+    ("۱۲ عدد", "۱۲۰ عدد"),
+    ("3 پیمانه", "۳۰ پیمانه"),
+    ("۲.۵ کیلو", "۲۵ کیلو"),
+    ("آش", "اش"),  # آ is not folded to ا: a soup and a pronoun
+    ("سالاد شماره ۳", "سالاد شماره ۳ ﷺ"),  # a ligature is a word, not nothing
+]
+
+
+@pytest.mark.parametrize("spellings", [p.values for p in SAME], ids=[p.id for p in SAME])
+def test_spellings_of_one_dish_are_one_identity_and_one_encoder_text(spellings):
+    plain = spellings[0]
+    assert normalize_text(plain) == plain  # the first spelling of each row is the folded form
+    for spelling in spellings:
+        assert normalize_text(spelling) == plain, (spelling, normalize_text(spelling))
+        assert food_id_for(spelling) == food_id_for(plain) and passage_id_for(spelling) == passage_id_for(plain)
+
+
+@pytest.mark.parametrize("one, other", APART)
+def test_different_dishes_and_numbers_stay_apart(one, other):
+    assert food_id_for(one) != food_id_for(other)
+    assert passage_id_for(one) != passage_id_for(other)
+
+
+def test_zwnj_between_letters_is_kept_for_the_encoder_and_is_a_space_for_identity():
+    assert normalize_text(f"می{ZWNJ}خورند") == f"می{ZWNJ}خورند" != normalize_text("می خورند")
+    assert identity_key(f"می{ZWNJ}خورند") == identity_key("می خورند") == "می خورند"
+    assert normalize_text(f"۱۰{ZWNJ}تا") == f"۱۰{ZWNJ}تا"  # a digit is a letter here
+
+
+def test_only_the_arabic_presentation_blocks_are_decomposed():
+    # NFKC would turn these into 'fi', 'A', '2', '1/2': they are not Persian spellings, and stay as written.
+    for text in ["ﬁ", "Ａ", "²", "½", "ｶ", "①"]:
+        assert normalize_text(text) == text
+
+
+def test_normalisation_is_idempotent():
+    texts = [s for p in SAME for s in p.values] + [t for pair in APART for t in pair] + [
+        "Kabab Koobideh B12", f"a{ZWNJ}​{ZWNJ}b", "e​́", "ﺍٔ", "كَبـــاب ﹰ ٱ"]
+    for text in texts:
+        once = normalize_text(text)
+        assert normalize_text(once) == once, repr(text)
+        assert identity_key(identity_key(text)) == identity_key(text), repr(text)
+
+
+def test_every_presentation_form_folds_to_text_that_is_blank_exactly_when_the_form_is():
+    from faclip.text import _FOLDS
+    for char in _FOLDS:
+        assert (normalize_text(char) == "") == is_blank(char), f"U+{ord(char):04X}"
+        assert normalize_text(normalize_text(char)) == normalize_text(char), f"U+{ord(char):04X}"
 
 
 BLANKS = ["", "   ", "\u200c", " \u200c \u200c ", "\u0640\u0640", "\u064e\u0650\u0651", "\u200b\u200d\u200e\u200f",
