@@ -38,6 +38,13 @@ LAYOUT_HINT = (
 
 SKIP_COLUMNS = ["reason", "source", "position", "detail"]
 
+# No dish is named in more than a line: the longest names (a dish, its variety and its garnish, «خورش قیمه بادمجان
+# با سیب‌زمینی سرخ‌کرده و لیمو عمانی») are about 50 characters. A longer title is a paragraph pasted into the
+# wrong field, and would become a food_id of that length.
+MAX_TITLE_CHARS = 200  # of the food_id, after normalisation
+# The longest query `serve` accepts (serve.MAX_TEXT_CHARS), so every stored question can be asked as written.
+MAX_QUESTION_CHARS = 2000  # as written (stripped), as it is stored and asked
+
 
 @dataclass
 class Skips:
@@ -273,7 +280,7 @@ def prepare_dataset(root: str | Path, test_fraction: float, workers: int | None 
     if not root.is_dir():
         raise FaclipError(f"data root {root} does not exist or is not a folder; set data.root in params.yaml ({LAYOUT_HINT})")
     skips = Skips()
-    records = []  # (source, position, title, response, image path under root, raw question or None)
+    records = []  # (source, position, title, food_id, response, image path under root, raw question or None)
     items_seen = 0
     json_files = find_json_files(root, skips)
     for path in tqdm(json_files, desc="read json", unit="file"):
@@ -293,20 +300,23 @@ def prepare_dataset(root: str | Path, test_fraction: float, workers: int | None 
                 skips.add("missing_image_path", source, position)
             elif (bad := _invalid_characters({"title": title, "response": response, "image_path": image_path})):
                 skips.add("invalid_characters", source, position, bad)
+            elif len(food_id := food_id_for(title)) > MAX_TITLE_CHARS:
+                skips.add("title_too_long", source, position, f"{len(food_id)} characters after normalisation "
+                          f"(a dish name has at most {MAX_TITLE_CHARS}): {food_id[:40]}...")
             elif (image := resolve_under_root(root, path.parent, image_path.strip())) is None:
                 skips.add("image_outside_root", source, position, image_path)
             else:
-                records.append((source, position, title, response, image, item.get("question")))
+                records.append((source, position, title, food_id, response, image, item.get("question")))
 
-    checked = check_images(sorted({str(r[4]) for r in records}), workers or min(4, os.cpu_count() or 1), str(root))
+    checked = check_images(sorted({str(r[5]) for r in records}), workers or min(4, os.cpu_count() or 1), str(root))
     rows, passages, asked = [], {}, []
-    for source, position, title, response, image, raw_question in records:
+    for source, position, title, food_id, response, image, raw_question in records:
         check = checked[str(image)]
         if check.sha256 is None:
             skips.add(check.reason, source, position, f"{image.relative_to(root).as_posix()}: {check.detail}")
             continue
         sha = check.sha256
-        passage_id, food_id = passage_id_for(response), food_id_for(title)
+        passage_id = passage_id_for(response)
         passages.setdefault(passage_id, (passage_id, food_id, title, response))
         rows.append((image.relative_to(root).as_posix(), sha, passage_id, food_id))
         if (question := read_question(raw_question, source, position, skips)) is not None:
@@ -357,8 +367,8 @@ def prepare_dataset(root: str | Path, test_fraction: float, workers: int | None 
 
 def read_question(value, source: str, position: str, skips: Skips) -> str | None:
     """A record's optional question, as written (stripped), or None: absent or null is no question; one that
-    is not a string, blank after normalisation or holds invalid characters is a `question_*` skip of the
-    question alone (the pair is kept)."""
+    is not a string, blank after normalisation, holds invalid characters or is over MAX_QUESTION_CHARS is a
+    `question_*` skip of the question alone (the pair is kept)."""
     if value is None:
         return None
     if not isinstance(value, str):
@@ -367,6 +377,9 @@ def read_question(value, source: str, position: str, skips: Skips) -> str | None
         skips.add("question_blank", source, position, "blank after normalisation; the pair is kept")
     elif (where := invalid_character(value)) is not None:
         skips.add("question_invalid_characters", source, position, f"{where}; the pair is kept")
+    elif len(value.strip()) > MAX_QUESTION_CHARS:
+        skips.add("question_too_long", source, position, f"{len(value.strip())} characters (a question has at most "
+                  f"{MAX_QUESTION_CHARS}, the longest query serve accepts); the pair is kept")
     else:
         return value.strip()
     return None

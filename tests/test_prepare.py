@@ -14,8 +14,8 @@ from PIL import Image, ImageFile
 
 from conftest import DISHES, REPO, draw_dish_image, make_raw_dataset
 from faclip.errors import FaclipError
-from faclip.prepare import prepare_dataset, split_images
-from faclip.text import passage_id_for
+from faclip.prepare import MAX_TITLE_CHARS, prepare_dataset, split_images
+from faclip.text import food_id_for, passage_id_for
 
 GOOD = {"title": "فسنجان", "response": "فسنجان با گردو و رب انار پخته می‌شود."}
 
@@ -130,6 +130,8 @@ BAD_CASES = {
     "invalid_characters/escape_in_path": lambda d: write(d / "r.json", record(image_path="x\u001b.jpg")),
     "invalid_characters/lone_surrogate": lambda d: write(d / "r.json", json.dumps(
         [{**GOOD, "response": "فسنجان \ud800", "image_path": add_image(d)}])),
+    # A paragraph pasted as the title: never a dish (its food_id would be that paragraph).
+    "title_too_long": lambda d: write(d / "r.json", record(title="فسنجان " * 40, image_path=add_image(d))),
     # One bad file is a skip: never a crash, a hang, or a read of something that never ends.
     "json_too_deep": lambda d: write(d / "r.json", "[" * 100_000),
     "json_too_deep/line": lambda d: write(d / "r.jsonl", json.dumps(
@@ -263,6 +265,40 @@ def test_same_dish_in_two_folders_spelled_differently_is_one_food_id(raw_root):
     out = prepare(raw_root)
     assert out.stats["dishes"] == 4
     assert out.pairs.loc[out.pairs.image_path == "other/q.jpg", "food_id"].item() == "قورمه سبزی"
+
+
+def test_records_in_two_spellings_are_one_dish_and_one_passage(raw_root):
+    """The same dish and passage copied from a PDF (presentation forms), typed with Latin digits and an Arabic
+    keyboard (ك ي ۀ), with ZWNJ beside spaces: one food_id and one passage, the first spelling kept as written."""
+    add_image(raw_root / "pdf", "a.jpg", dish=0)
+    add_image(raw_root / "web", "b.jpg", dish=1)
+    plain = {"title": "کله پاچه ۲ نفره", "response": "کلهٔ پاچه را با ۲ نان سنگک و لیمو می‌خورند."}
+    write(raw_root / "pdf/r.json", json.dumps([{**plain, "image_path": "a.jpg"}], ensure_ascii=False))
+    write(raw_root / "web/r.json", json.dumps([{"title": "ﮐﻠﮥ ﭘﺎﭼﻪ 2 نفره",
+                                                "response": "كلۀ پاچه را با 2 نان سنگك و ليمو مي\u200c خورند.",
+                                                "image_path": "b.jpg"}], ensure_ascii=False))
+    before = prepare(make_raw_dataset(raw_root.parent / "fresh"))
+    out = prepare(raw_root)
+    assert out.stats["dishes"] == before.stats["dishes"] + 1
+    assert out.stats["passages"] == before.stats["passages"] + 1
+    new = out.pairs[out.pairs.image_path.isin(["pdf/a.jpg", "web/b.jpg"])]
+    assert set(new.food_id) == {"کله پاچه ۲ نفره"} and set(new.passage_id) == {passage_id_for(plain["response"])}
+    assert out.docstore.set_index("id").loc[passage_id_for(plain["response"]), "passage_text"] == plain["response"]
+
+
+def test_a_title_over_the_bound_after_normalisation_is_a_named_skip(raw_root):
+    d = raw_root / "long"
+    name = add_image(d)
+    at_bound = "ک" * MAX_TITLE_CHARS
+    voweled = "کَ" * MAX_TITLE_CHARS  # 400 characters as written, 200 once the diacritics go: a name, kept
+    write(d / "r.json", json.dumps([{**GOOD, "title": t, "image_path": name} for t in (at_bound, voweled, at_bound + "ک")],
+                                   ensure_ascii=False))
+    out = prepare(raw_root)
+    assert out.stats["skipped"] == {"title_too_long": 1}
+    skip = out.skips.to_frame().iloc[0]
+    assert (skip["source"], skip["position"]) == ("long/r.json", "item 2")
+    assert skip["detail"].startswith(f"{MAX_TITLE_CHARS + 1} characters after normalisation")
+    assert food_id_for(at_bound) in set(out.pairs.food_id) and len(out.pairs[out.pairs.image_path == "long/x.jpg"]) == 1
 
 
 def test_user_text_is_not_rewritten(raw_root):

@@ -22,7 +22,7 @@ from faclip.evaluate import VqaQueries, evaluate_vqa, exact_passage_metrics
 from faclip.index import build_index, build_passage_index
 from faclip.models import load_vision_model
 from faclip.params import parse_params
-from faclip.prepare import prepare_dataset
+from faclip.prepare import MAX_QUESTION_CHARS, prepare_dataset
 from faclip.search import Retriever
 from faclip.tables import QUESTIONS_COLUMNS, load_questions
 from faclip.text import passage_id_for
@@ -78,6 +78,7 @@ def test_records_with_and_without_a_question_both_make_pairs(tmp_path):
     ("", "question_blank"),
     ("چرا\x00؟", "question_invalid_characters"),
     ("چرا\ud800؟", "question_invalid_characters"),
+    pytest.param("چ" * MAX_QUESTION_CHARS + "؟", "question_too_long", id="a page pasted as the question"),
 ])
 def test_a_bad_question_is_a_named_skip_of_the_question_only(tmp_path, bad, reason):
     root = make_raw_dataset(tmp_path / "raw", n_dishes=2, images_per_dish=3)
@@ -90,6 +91,16 @@ def test_a_bad_question_is_a_named_skip_of_the_question_only(tmp_path, bad, reas
     skip = after.skips.to_frame().iloc[0]
     assert (skip["reason"], skip["source"], skip["position"]) == (reason, "dish_00/records.json", "item 0")
     assert "the pair is kept" in skip["detail"]
+
+
+def test_a_question_at_the_bound_is_kept_and_the_bound_is_what_serve_accepts(tmp_path):
+    from faclip.serve import MAX_TEXT_CHARS
+    assert MAX_QUESTION_CHARS == MAX_TEXT_CHARS  # every stored question can be asked of the server as written
+    root = make_raw_dataset(tmp_path / "raw", n_dishes=2, images_per_dish=3)
+    longest = "چ" * (MAX_QUESTION_CHARS - 1) + "؟"
+    add_questions(root, [f"  {longest} "])
+    after = prepare_dataset(root, 0.2, workers=1)
+    assert after.questions["question"].tolist() == [longest] and after.stats["skipped_total"] == 0
 
 
 def test_a_question_asked_twice_of_one_photo_and_passage_is_kept_once(tmp_path):
