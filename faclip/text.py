@@ -59,7 +59,8 @@ def _presentation_forms() -> dict[str, str]:
 
 
 _FOLDS = {**_LETTERS, **_presentation_forms()}
-_FOLD = re.compile("[" + "".join(re.escape(c) for c in sorted(_FOLDS)) + "]")  # a regex, not str.translate: ~10x faster on long texts
+# A regex, not str.translate: ~10x faster on long texts, where few characters need folding.
+_FOLD = re.compile("[" + "".join(re.escape(c) for c in sorted(_FOLDS)) + "]")
 # Invisible characters scrapes leave behind (ZWNJ itself is handled apart): Unicode's format characters
 # (zero-width space/joiner, LRM/RLM, bidi embeddings and isolates, word joiner, BOM, soft hyphen, tags),
 # the combining grapheme joiner, blank-looking fillers (Hangul fillers, braille blank), and control

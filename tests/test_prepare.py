@@ -291,8 +291,8 @@ def test_a_title_over_the_bound_after_normalisation_is_a_named_skip(raw_root):
     name = add_image(d)
     at_bound = "ک" * MAX_TITLE_CHARS
     voweled = "کَ" * MAX_TITLE_CHARS  # 400 characters as written, 200 once the diacritics go: a name, kept
-    write(d / "r.json", json.dumps([{**GOOD, "title": t, "image_path": name} for t in (at_bound, voweled, at_bound + "ک")],
-                                   ensure_ascii=False))
+    titles = [at_bound, voweled, at_bound + "ک"]
+    write(d / "r.json", json.dumps([{**GOOD, "title": t, "image_path": name} for t in titles], ensure_ascii=False))
     out = prepare(raw_root)
     assert out.stats["skipped"] == {"title_too_long": 1}
     skip = out.skips.to_frame().iloc[0]
