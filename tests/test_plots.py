@@ -1,7 +1,9 @@
 """`faclip plots`: every plot of dvc.yaml in one offline HTML page of inline SVG, written where git ignores
 it, never over a committed picture in docs/ unless asked."""
 
+import html
 import os
+import re
 import subprocess
 import sys
 
@@ -14,23 +16,96 @@ from faclip.errors import FaclipError
 PLOT_IDS = [next(iter(plot)) for plot in yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["plots"]]
 
 
-def test_the_page_draws_every_plot_of_dvc_yaml_offline(tmp_path):
-    # The workspace's plot files are committed (metrics/train/plots, metrics/eval_plots): no pipeline run needed.
-    out = tmp_path / "page.html"
+@pytest.fixture(scope="module")
+def workspace_page(tmp_path_factory) -> str:
+    """`faclip plots` of the workspace, as a user runs it. Its plot files are committed (metrics/train/plots,
+    metrics/eval_plots): no pipeline run needed."""
+    out = tmp_path_factory.mktemp("plots") / "page.html"
     result = subprocess.run([sys.executable, "-m", "faclip", "plots", "--out", str(out)], cwd=REPO,
                             env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    page = out.read_text(encoding="utf-8")
+    return out.read_text(encoding="utf-8")
+
+
+def section(page: str, plot_id: str) -> str:
+    """The SVG of one plot in the page."""
+    parts = page.split(f'<section id="{html.escape(plot_id)}">', 1)
+    assert len(parts) == 2, f"no section for {plot_id!r}"
+    return parts[1].split("</section>", 1)[0]
+
+
+def test_the_page_draws_every_plot_of_dvc_yaml_offline(workspace_page):
+    page = workspace_page
     for plot_id in PLOT_IDS:
-        section = page.split(f'<section id="{plot_id}">', 1)
-        assert len(section) == 2, f"no section for {plot_id!r}"
-        figure = section[1].split("</section>", 1)[0]
+        figure = section(page, plot_id)
         assert "<svg" in figure and "<path" in figure, plot_id  # drawn, with marks, inline
     assert page.count("<svg") == len(PLOT_IDS)
     # Offline: no script, nothing loaded from anywhere (the only URLs are SVG's namespaces).
     assert "<script" not in page and "src=" not in page and "<link" not in page
     assert {url for url in page.replace('"', " ").split() if url.startswith(("http://", "https://"))} <= {
         "http://www.w3.org/2000/svg", "http://www.w3.org/1999/xlink"}
+
+
+# A line of the page's SVG (vega writes one path per series) and its stroke colour and dashes.
+LINE = re.compile(r'<path [^>]*aria-roledescription="line mark"[^>]*>')
+BAR = re.compile(r'<path aria-label="([^"]*)"[^>]*aria-roledescription="bar" d="M(-?[\d.]+),(-?[\d.]+)h(-?[\d.]+)v(-?[\d.]+)')
+SERIES = {"held-out recall during training": ["recall@1", "recall@5"],
+          "image-to-passage recall@k, finetuned vs base vs ceiling": ["finetuned", "base", "ceiling"],
+          "photo and question to its passage, recall@k": ["photo_only", "question_only", "together", "chance"],
+          "photo and question, photo weight on the train split": ["recall@1", "mrr"]}
+
+
+def strokes(figure: str) -> list[tuple[str, str]]:
+    """(stroke colour, dash pattern) of each line drawn."""
+    found = []
+    for path in LINE.findall(figure):
+        colour = re.search(r' stroke="([^"]+)"', path)
+        dash = re.search(r' stroke-dasharray="([^"]+)"', path)
+        found.append((colour.group(1) if colour else "", dash.group(1) if dash and dash.group(1) != "1,0" else ""))
+    return found
+
+
+def test_the_page_reads_plainly(workspace_page):
+    # As wide as the page, a colour per series under its plain name, real axis titles.
+    for plot_id in PLOT_IDS:
+        figure = section(workspace_page, plot_id)
+        assert float(re.search(r'<svg [^>]*width="([\d.]+)"', figure).group(1)) >= 900, plot_id
+        assert "::" not in figure and ">y</text>" not in figure and "dvc_inferred" not in figure, plot_id
+        assert ">rev</text>" not in figure, plot_id  # one revision: no legend of revisions
+    for plot_id, names in SERIES.items():
+        figure = section(workspace_page, plot_id)
+        lines = strokes(figure)
+        assert len({colour for colour, _ in lines}) == len(names) == len(lines), (plot_id, lines)
+        assert {dash for _, dash in lines} == {""}, (plot_id, lines)  # told apart by colour, not dashes
+        for name in names:
+            assert f">{html.escape(name)}</text>" in figure, (plot_id, name)  # the legend names it plainly
+    titles = yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["plots"]
+    for plot in titles:
+        (plot_id, definition), = plot.items()
+        for label in (definition.get("x_label"), definition.get("y_label")):
+            if label:
+                assert f">{html.escape(label)}</text>" in section(workspace_page, plot_id), (plot_id, label)
+
+
+def test_two_revisions_are_told_apart_and_their_bars_stand_side_by_side():
+    # The workspace against HEAD (the same numbers here): every series keeps its colour, each revision its dash;
+    # the per-dish bars of the two revisions side by side, each readable, from zero.
+    from faclip.plots import plot_specs, plots_page
+
+    page = plots_page(plot_specs(["HEAD"], REPO), "test")
+    lines = strokes(section(page, "held-out recall during training"))
+    assert len({colour for colour, _ in lines}) == 2 and len({dash for _, dash in lines}) == 2 and len(lines) == 4
+    assert ">revision</text>" in section(page, "held-out recall during training")
+    bars = [(label, float(x), float(y), float(width), float(height))
+            for label, x, y, width, height in BAR.findall(section(page, "per-dish recall@1"))]
+    by_dish: dict[str, list[tuple[float, float]]] = {}
+    for label, x, y, width, height in bars:
+        assert x == 0 and width >= 0 and height >= 10, label  # from zero, at least 10 px thick
+        dish = next(part.split(": ", 1)[1] for part in label.split("; ") if part.startswith("dish: "))
+        by_dish.setdefault(dish, []).append((y, y + height))
+    assert by_dish and all(len(spans) == 2 for spans in by_dish.values())
+    for dish, ((top_a, bottom_a), (top_b, bottom_b)) in by_dish.items():
+        assert bottom_a <= top_b or bottom_b <= top_a, dish  # side by side, not over each other
 
 
 SPEC = {"$schema": "https://vega.github.io/schema/vega-lite/v5.json", "mark": "line",
