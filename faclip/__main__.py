@@ -22,8 +22,17 @@ from faclip.errors import FaclipError, outputs_hint, run_main
 from faclip.text import MAX_QUERY_CHARS, query_text
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are faclip's: one line (control characters escaped), exit 2; the usage is in --help."""
+
+    def error(self, message: str):
+        message = "".join(char if char.isprintable() else repr(char)[1:-1] for char in message)
+        print(f"faclip error: {message}; see `{self.prog} --help`", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="faclip", description=__doc__.splitlines()[0])
+    parser = Parser(prog="faclip", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     find = commands.add_parser("search", help="retrieve passages for a food photo, a text, or a question about a photo")
     find.add_argument("--image", help="a food photo (JPEG/PNG/WebP)")

@@ -98,6 +98,21 @@ def test_a_usage_error_is_one_line_before_anything_heavy_loads(args, words):
     assert not imported & set(HEAVY), sorted(imported & set(HEAVY))
 
 
+@pytest.mark.parametrize("args, words", [
+    ([], "the following arguments are required: command; see `faclip --help`"),
+    (["find"], "argument command: invalid choice: 'find'"),
+    (["search", "--k", "five"], "argument --k: invalid int value: 'five'; see `faclip search --help`"),
+    (["serve", "--max-wait-ms", "soon"], "argument --max-wait-ms: invalid float value: 'soon'"),
+    (["search", "--text", "آش", "--bogus"], "unrecognized arguments: --bogus"),
+    (["search", "--text", "آش", "extra\nline"], "unrecognized arguments: extra\\nline"),
+    (["plots", "--rev"], "argument --rev: expected one argument; see `faclip plots --help`"),
+], ids=lambda value: " ".join(value) if isinstance(value, list) else None)
+def test_an_argument_error_is_one_line(args, words):
+    result, imported = run_cli(*args)
+    assert words in one_error_line(result)
+    assert not imported & set(HEAVY), sorted(imported & set(HEAVY))
+
+
 ARTIFACTS = ["models/finetuned", "models/base/vision", "models/index", "data/docstore.parquet"]
 
 
