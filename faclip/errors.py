@@ -11,7 +11,7 @@ from typing import Callable
 DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 DISK_FULL_TEXTS = ("No space left on device", "Disk quota exceeded")
 NEARLY_FULL_BYTES = 1 << 20
-_REMOTE_SECTION = re.compile(r"""^\s*\[\s*['"]?remote\s+\"""", re.MULTILINE)  # ['remote "storage"'] in .dvc/config
+_REMOTE_SECTION = re.compile(r"^\s*\[\s*['\"]?remote\s+\"", re.MULTILINE)  # ['remote "storage"'] in .dvc/config
 
 
 class FaclipError(Exception):
