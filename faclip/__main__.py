@@ -11,17 +11,28 @@ answer at once; torch, transformers, FAISS and pandas load with the command that
 import argparse
 import math
 import os
+import socket
 import sys
 
 # Idle OpenMP threads sleep instead of spinning (BENCHMARKS.md): read when torch loads, so set before it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from faclip.artifacts import DEFAULT_DOCSTORE, DEFAULT_INDEX, DEFAULT_MODEL, DEFAULT_VISION
-from faclip.errors import FaclipError, run_main
+from faclip.errors import FaclipError, outputs_hint, run_main
+from faclip.text import MAX_QUERY_CHARS, query_text
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse whose errors are faclip's: one line (control characters escaped), exit 2; the usage is in --help."""
+
+    def error(self, message: str):
+        message = "".join(char if char.isprintable() else repr(char)[1:-1] for char in message)
+        print(f"faclip error: {message}; see `{self.prog} --help`", file=sys.stderr)
+        sys.exit(2)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="faclip", description=__doc__.splitlines()[0])
+    parser = Parser(prog="faclip", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     find = commands.add_parser("search", help="retrieve passages for a food photo, a text, or a question about a photo")
     find.add_argument("--image", help="a food photo (JPEG/PNG/WebP)")
@@ -52,9 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="compare the workspace with a commit, branch, tag or experiment name; repeatable "
                             "(default: the workspace alone)")
     plots.add_argument("--out", default=None, metavar="HTML",
-                       help="the page to write (default plots/index.html; an existing file under docs/ is "
-                            "overwritten only with --force)")
-    plots.add_argument("--force", action="store_true", help="overwrite --out even when it is under docs/")
+                       help="the page to write (default plots/index.html); an existing file is replaced only if "
+                            "`faclip plots` wrote it, or with --force")
+    plots.add_argument("--force", action="store_true",
+                       help="replace --out even if `faclip plots` did not write it (never a folder or device)")
     return parser
 
 
@@ -69,9 +81,13 @@ def add_artifact_arguments(parser: argparse.ArgumentParser) -> None:
 NUMBERS = {
     "k": ("--k", 1, None, "ask for at least 1 passage"),
     "per_dish": ("--per-dish", 1, None, "keep at least 1 passage per dish, or leave it out"),
+    "photo_weight": ("--photo-weight", 0, 1, "give a number from 0 (the question alone) to 1 (the photo alone), "
+                                            "e.g. 0.5"),
     "port": ("--port", 1, 65535, "give a TCP port from 1 to 65535, e.g. 8000"),
     "threads": ("--threads", 1, None, "give at least 1 thread, or leave it out for all cores"),
     "max_upload_mb": ("--max-upload-mb", 1e-6, None, "give a positive size in MB, e.g. 10"),
+    "max_batch": ("--max-batch", 1, None, "give 1 (no batching) or more, e.g. 32"),
+    "max_wait_ms": ("--max-wait-ms", 0, 1000, "give 0 to 1000 ms, e.g. 2"),
 }
 
 
@@ -85,26 +101,52 @@ def check_numbers(args: argparse.Namespace) -> None:
             raise FaclipError(f"{option} {value:g} is invalid; {fix}")
 
 
+def check_artifacts(args: argparse.Namespace) -> None:
+    """Every file search and serve read exists: else one line naming each missing one and the whole fix."""
+    given = {"--model": args.model, "--vision": args.vision, "--index": args.index, "--docstore": args.docstore}
+    missing = [f"{option} {path}" for option, path in given.items() if not os.path.exists(path)]
+    if missing:
+        raise FaclipError(f"not found: {', '.join(missing)}; {outputs_hint()}")
+
+
+def check_search(args: argparse.Namespace) -> None:
+    """The query and the files, before the models load (seconds for a real model)."""
+    if args.image is None and args.text is None:
+        raise FaclipError('give --image PHOTO, --text "…", or both (a question about the photo)')
+    if args.photo_weight is not None and (args.image is None or args.text is None):
+        raise FaclipError("--photo-weight weighs a photo against a question; give both --image and --text")
+    if args.text is not None:
+        query_text(args.text, MAX_QUERY_CHARS)
+    if args.image is not None:
+        from faclip.images import load_rgb  # Pillow only
+
+        load_rgb(args.image)
+    check_artifacts(args)
+
+
+def check_serve(args: argparse.Namespace) -> None:
+    """What `serve` would stop on once uvicorn has started (a line among its own): said here, in one line."""
+    if "*" in args.cors_origin:
+        raise FaclipError("--cors-origin '*' would let any web page query this server; name the origins instead")
+    check_artifacts(args)
+    try:  # the address: a bad host, a port in use or one that needs root
+        family, kind, proto, _, address = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM,
+                                                            flags=socket.AI_PASSIVE)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind(address)
+    except (OSError, UnicodeError) as err:
+        reason = getattr(err, "strerror", None) or str(err)
+        raise FaclipError(f"cannot listen on {args.host!r} port {args.port} ({reason}); give another --port, "
+                          "or a --host of this machine (e.g. 127.0.0.1)") from None
+
+
 def search_command(args: argparse.Namespace) -> None:
     import transformers
 
-    from faclip.encode import load_rgb
-    from faclip.search import Retriever, check_text_query, format_hits
+    from faclip.search import Retriever, format_hits
 
-    # A bad query fails before the models load (seconds for a real model), not after.
-    if args.image is None and args.text is None:
-        raise FaclipError('give --image PHOTO, --text "…", or both (a question about the photo)')
-    if args.image is not None:
-        load_rgb(args.image)
-    if args.text is not None:
-        check_text_query(args.text)
-    ask_options = {}
-    if args.photo_weight is not None:
-        from faclip.vqa import check_photo_weight
-
-        if args.image is None or args.text is None:
-            raise FaclipError("--photo-weight weighs a photo against a question; give both --image and --text")
-        ask_options["photo_weight"] = check_photo_weight(args.photo_weight)
+    ask_options = {} if args.photo_weight is None else {"photo_weight": args.photo_weight}
     transformers.utils.logging.disable_progress_bar()  # the CLI's output is the hits, not loading bars
     retriever = Retriever(args.model, args.vision, args.index, args.docstore)
     # The photo goes in by path, so the Retriever decodes it as `embed` decodes (a JPEG at reduced size).
@@ -136,6 +178,7 @@ def plots_command(args: argparse.Namespace) -> None:
 
 
 COMMANDS = {"search": search_command, "serve": serve_command, "plots": plots_command}
+CHECKS = {"search": check_search, "serve": check_serve}  # no heavy import: instant (`plots` checks its own first)
 
 
 def main(argv=None) -> None:
@@ -144,6 +187,7 @@ def main(argv=None) -> None:
 
     def command() -> None:
         check_numbers(args)
+        CHECKS.get(args.command, lambda _: None)(args)
         COMMANDS[args.command](args)
 
     run_main(command)

@@ -3,6 +3,7 @@
 import errno
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Callable
@@ -10,10 +11,27 @@ from typing import Callable
 DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 DISK_FULL_TEXTS = ("No space left on device", "Disk quota exceeded")
 NEARLY_FULL_BYTES = 1 << 20
+_REMOTE_SECTION = re.compile(r"^\s*\[\s*['\"]?remote\s+\"", re.MULTILINE)  # ['remote "storage"'] in .dvc/config
 
 
 class FaclipError(Exception):
     """A problem the user can fix: the message says what was wrong and what to do."""
+
+
+def outputs_hint(start: str | Path = ".") -> str:
+    """The whole fix for missing pipeline outputs, not one stage at a time: `dvc pull` when the DVC repository
+    holding `start` has a remote configured, else `dvc repro`."""
+    start = Path(start).resolve()
+    root = next((folder for folder in (start, *start.parents) if (folder / ".dvc").is_dir()), None)
+    for name in ("config", "config.local") if root is not None else ():
+        try:
+            with open(root / ".dvc" / name, encoding="utf-8", errors="replace") as config:
+                has_remote = _REMOTE_SECTION.search(config.read(1 << 20))
+        except OSError:
+            continue
+        if has_remote:
+            return "run `dvc pull` (a DVC remote is configured), or `dvc repro` to rebuild them"
+    return "run `dvc repro` (the whole pipeline)"
 
 
 def is_disk_full(err: BaseException, folder: str | Path | None = None) -> bool:

@@ -29,7 +29,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 
-from faclip.errors import FaclipError
+from faclip.errors import FaclipError, outputs_hint
 from faclip.files import atomic_dir, sha256_file, write_json
 from faclip.metrics import hits_from_ids
 from faclip.tables import load_docstore, load_pairs
@@ -371,7 +371,7 @@ def read_manifest(index_dir: str | Path) -> dict:
     match their sha256). The files' sha256 it records are checked by `check_manifest`."""
     path = Path(index_dir) / MANIFEST_FILE
     if not path.is_file() or not (Path(index_dir) / INDEX_FILE).is_file():
-        raise FaclipError(f"no index found in {index_dir}; {REBUILD}")
+        raise FaclipError(f"no index found in {index_dir}; {outputs_hint()}")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as err:

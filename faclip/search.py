@@ -32,14 +32,13 @@ from faclip.files import MAX_IMAGE_PIXELS, sha256_dir
 from faclip.index import load_index, search
 from faclip.models import check_same_vision, load_text_model, load_vision_model, text_max_len
 from faclip.tables import load_docstore
-from faclip.text import normalize_text
+from faclip.text import MAX_QUERY_CHARS, query_text
 from faclip.vqa import CANDIDATES, DEFAULT_PHOTO_WEIGHT, LexicalIndex, check_photo_weight, together_scores
 
 logger = logging.getLogger(__name__)
 
 # Pixels being decoded at once, in all threads (about 8 bytes each at the peak of a PNG decode: ~0.5 GB).
 DECODE_BUDGET_PIXELS = MAX_IMAGE_PIXELS
-EMPTY_TEXT = 'the text query is empty; give a few words, e.g. --text "قورمه سبزی"'
 
 
 @dataclass(frozen=True)
@@ -128,7 +127,7 @@ class Retriever:
     def by_text(self, text: str, k: int = 5, per_dish: int | None = None) -> list[Hit]:
         """The k passages closest to a text query; at most `per_dish` per food_id."""
         check_k(k, per_dish)
-        check_text_query(text)
+        text = query_text(text, self.max_len * CHARS_PER_TOKEN_BOUND)
         return self._run(Query(text=text, k=k, per_dish=per_dish))
 
     def ask(self, image: ImageSource, question: str, k: int = 5, per_dish: int | None = None,
@@ -137,7 +136,7 @@ class Retriever:
         photo_weight·cos(photo, p) + (1 − photo_weight)·lexical(question, p) (`faclip.vqa`); at most `per_dish`
         per food_id. Each half is checked as `by_image` / `by_text` check it, the question first."""
         check_k(k, per_dish)
-        check_text_query(question)
+        question = query_text(question, self.max_len * CHARS_PER_TOKEN_BOUND)
         photo_weight = check_photo_weight(photo_weight)
         return self._run(Query(pixels=self.image_pixels(image), question=question, k=k, per_dish=per_dish,
                                photo_weight=photo_weight))
@@ -238,9 +237,8 @@ def check_k(k, per_dish=None) -> None:
 
 
 def check_text_query(text) -> None:
-    """A text query must have something left to read after normalisation (not just spaces or ZWNJ)."""
-    if not isinstance(text, str) or not normalize_text(text):
-        raise FaclipError(EMPTY_TEXT)
+    """A text query must have something left to read after normalisation, and not be too long (`query_text`)."""
+    query_text(text, MAX_QUERY_CHARS)
 
 
 def format_hits(hits: list[Hit], as_json: bool = False) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from faclip.errors import FaclipError
+from faclip.errors import FaclipError, outputs_hint
 
 DOCSTORE_COLUMNS = ["id", "food_id", "title", "passage_text"]
 PAIRS_COLUMNS = ["image_path", "image_sha256", "passage_id", "food_id", "split"]
@@ -57,7 +57,7 @@ def load_docstore(path: str | Path) -> pd.DataFrame:
     """Read the docstore parquet (id, food_id, title, passage_text: text, ids unique), checking it."""
     path = Path(path)
     if not path.is_file():
-        raise FaclipError(f"docstore {path} not found; run `dvc repro prepare`")
+        raise FaclipError(f"docstore {path} not found; {outputs_hint()}")
     docstore = _check_columns(_read(path, pd.read_parquet), path, DOCSTORE_COLUMNS)
     if docstore.empty:
         raise FaclipError(f"docstore {path} has no passages; run `dvc repro prepare` on a data.root with records")

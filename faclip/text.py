@@ -10,11 +10,16 @@ Invisible characters (zero-width marks, bidi controls, BOM, soft hyphen, blank-l
 stray control characters are dropped, so a text made only of them, of spaces, ZWNJ, tatweel or
 diacritics is blank (`is_blank`): never a passage or a dish. `invalid_character` finds what no valid
 text holds (NUL and other non-whitespace control characters, lone surrogates), for `prepare` to skip.
+
+`query_text` is the one rule for a search text or a question (CLI, `Retriever`, server): normalised first,
+then checked and cut, so what is checked is what the encoder and the lexical scorer read.
 """
 
 import hashlib
 import re
 import unicodedata
+
+from faclip.errors import FaclipError
 
 ZWNJ = "\u200c"
 PERSIAN_DIGITS = "۰۱۲۳۴۵۶۷۸۹"
@@ -79,6 +84,10 @@ def _zwnj(match: re.Match) -> str:
     an end) it joins nothing and is dropped, so «سلام‌ به» is «سلام به» and «کباب‌،» is «کباب،»."""
     text, start, end = match.string, match.start(), match.end()
     return ZWNJ if start and end < len(text) and text[start - 1].isalnum() and text[end].isalnum() else ""
+# A query is a dish name or a question: longer than this (as given, before normalising) it is refused, so a
+# huge string costs nothing. The model reads far less of it anyway (max_len tokens).
+MAX_QUERY_CHARS = 100_000
+EMPTY_TEXT = 'the text query is empty; give a few words, e.g. --text "قورمه سبزی"'
 
 
 def normalize_text(text: str) -> str:
@@ -88,6 +97,21 @@ def normalize_text(text: str) -> str:
     if ZWNJ in text:
         text = _ZWNJS.sub(_zwnj, text)
     return " ".join(text.split())  # whitespace runs (tabs, newlines, NBSP...) -> one space, ends stripped
+
+
+def query_text(text, max_chars: int) -> str:
+    """What is read of a search text or question: normalised, then cut to `max_chars` (the encoder's and the
+    lexical scorer's bound); a blank one (after normalising) or one over MAX_QUERY_CHARS is one line."""
+    if not isinstance(text, str):
+        raise FaclipError(EMPTY_TEXT)
+    if len(text) > MAX_QUERY_CHARS:
+        raise FaclipError(f"the text query is {len(text):,} characters long; give at most {MAX_QUERY_CHARS:,} "
+                          "(a dish name or a question)")
+    read = normalize_text(normalize_text(text)[:max_chars])  # normalised again: a cut may end in a space
+    if is_blank(read):
+        raise FaclipError(EMPTY_TEXT if is_blank(text) else f"the text query holds nothing readable in its first "
+                          f"{max_chars:,} characters (what the model reads); put the words first")
+    return read
 
 
 def identity_key(text: str) -> str:

@@ -126,7 +126,7 @@ def test_manifest_detects_a_changed_index_file(built):
 
 def test_missing_index_says_how_to_build_it(tmp_path, built):
     _, model_dir, docstore_path = built
-    with pytest.raises(FaclipError, match="no index found.*dvc repro index"):
+    with pytest.raises(FaclipError, match="no index found.*run `dvc repro` \\(the whole pipeline\\)"):
         check_manifest(tmp_path / "nowhere", model_dir, docstore_path)
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from conftest import DISHES, REPO, draw_dish_image
 
-from faclip.encode import encode_images, encode_texts
+from faclip.encode import CHARS_PER_TOKEN_BOUND, encode_images, encode_texts
 from faclip.errors import FaclipError
 from faclip.index import build_passage_index
 from faclip.models import load_text_model, load_vision_model
@@ -90,6 +90,17 @@ def test_empty_text_is_a_one_line_error(retriever, query):
         retriever.by_text(query)
 
 
+@pytest.mark.parametrize("pad", [" ", "\u200b", "\u200d", "\u200f", "\u202b", "\u0640", "\u064e"],
+                         ids=lambda pad: f"U+{ord(pad):04X}")
+def test_a_padded_query_or_question_gives_the_hits_of_its_words(retriever, setup, pad):
+    # Padding longer than what the model reads used to fill it: the hits of an empty query.
+    padding = pad * (retriever.max_len * CHARS_PER_TOKEN_BOUND + 10)
+    as_dicts = lambda hits: [hit.to_dict() for hit in hits]  # noqa: E731
+    for words in ["قورمه سبزی", "کباب کوبیده"]:
+        assert as_dicts(retriever.by_text(padding + words, k=3)) == as_dicts(retriever.by_text(words, k=3))
+        assert as_dicts(retriever.ask(setup[5], padding + words, k=3)) == as_dicts(retriever.ask(setup[5], words, k=3))
+
+
 def test_unreadable_image_is_a_one_line_error(retriever, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_bytes(b"not a jpeg")
@@ -147,6 +158,12 @@ def test_cli_text_query_as_json(setup, faclip_cli):
                                  "--docstore", str(docstore_path)))
     assert [h["rank"] for h in hits] == [1, 2]
     assert hits[0]["passage_id"] == docstore["id"][2] and hits[0]["passage_text"] == docstore["passage_text"][2]
+
+
+def test_cli_reads_a_padded_query_as_its_words(setup, faclip_cli):
+    paths = ["--model", str(setup[0]), "--vision", str(setup[1]), "--index", str(setup[2]), "--docstore", str(setup[3])]
+    padded = faclip_cli("search", "--text", "\u200d" * 40_000 + "کباب کوبیده", "--json", *paths)  # past the 32,768 read
+    assert json.loads(padded) == json.loads(faclip_cli("search", "--text", "کباب کوبیده", "--json", *paths))
 
 
 def test_cli_image_query_prints_ranked_passages(setup, retriever):

@@ -1,6 +1,8 @@
 import pytest
 
-from faclip.text import ZWNJ, food_id_for, identity_key, invalid_character, is_blank, normalize_text, passage_id_for
+from faclip.errors import FaclipError
+from faclip.text import (MAX_QUERY_CHARS, ZWNJ, food_id_for, identity_key, invalid_character, is_blank, normalize_text,
+                         passage_id_for, query_text)
 
 
 def test_arabic_letters_become_persian():
@@ -140,3 +142,48 @@ def test_invalid_character_finds_nul_controls_and_lone_surrogates_but_not_whites
     assert invalid_character("x\ud800") == "U+D800 at character 2"
     assert invalid_character("tab\tnewline\ncr\r vt\x0b ff\x0c nbsp\xa0 zwnj\u200c") is None
 
+
+
+# --- a query: normalised first, then checked and cut (the rule the CLI, the Retriever and the server share) --
+
+READ = 77 * 64  # what the model reads of a query: max_len tokens, at CHARS_PER_TOKEN_BOUND characters each
+PADDING = [" ", "\u00a0", "\t", "\n", ZWNJ, "\u200b", "\u200d", "\u200e", "\u200f", "\u061c", "\u202b", "\u202c",
+           "\u2066", "\u2069", "\u2060", "\ufeff", "\u00ad", "\u0640", "\u064e", "\u0651", "\x00"]
+
+
+@pytest.mark.parametrize("pad", PADDING, ids=lambda pad: f"U+{ord(pad):04X}")
+def test_a_padded_query_reads_as_its_words(pad):
+    # 9,000 invisible characters used to fill what the model reads: the query read as empty.
+    for words in ["فسنجان", "کباب کوبیده", "!"]:
+        assert query_text(pad * 9000 + words, READ) == words
+        assert query_text(words + pad * 9000, READ) == words
+        assert query_text(pad * 9000 + words + " " + pad * 9000 + words, READ) == normalize_text(f"{words} {pad}{words}")
+
+
+@pytest.mark.parametrize("text", BLANKS + [pad * 9000 for pad in PADDING])
+def test_a_blank_query_is_refused_however_long(text):
+    with pytest.raises(FaclipError, match="the text query is empty"):
+        query_text(text, READ)
+
+
+def test_what_the_model_reads_is_cut_after_normalising_and_never_blank():
+    words = "قورمه سبزی " * 1000  # longer than READ once normalised
+    read = query_text(words, READ)
+    assert len(read) <= READ and words.startswith(read) and read == normalize_text(read)
+    assert query_text(read, READ) == read  # what is read reads the same again: the encoder's own cut is a no-op
+    # A run of marks that normalising keeps fills what the model reads: refused, not searched as blank.
+    with pytest.raises(FaclipError, match=f"nothing readable in its first {READ:,} characters"):
+        query_text("\u0301" * 9000 + "فسنجان", READ)
+
+
+@pytest.mark.parametrize("text", [None, 5, b"kabab"])
+def test_a_query_that_is_not_text_is_refused(text):
+    with pytest.raises(FaclipError, match="the text query is empty"):
+        query_text(text, READ)
+
+
+def test_a_huge_query_is_one_line_at_once():
+    with pytest.raises(FaclipError, match=f"give at most {MAX_QUERY_CHARS:,}") as err:
+        query_text("آش " * 10_000_000, READ)
+    assert "\n" not in str(err.value)
+    assert query_text("آ" * MAX_QUERY_CHARS, READ) == "آ" * READ

@@ -366,7 +366,7 @@ def test_http_refuses_a_bad_half_with_a_one_line_422(setup):
     (("--text", "آش", "--photo-weight", "0.5"), "--photo-weight weighs a photo against a question"),
     (("--image", "PHOTO", "--text", " \u200c "), "the text query is empty"),
     (("--image", "missing.jpg", "--text", QUESTION), "missing.jpg"),
-    (("--image", "PHOTO", "--text", QUESTION, "--photo-weight", "2"), "photo_weight=2.0 is invalid"),
+    (("--image", "PHOTO", "--text", QUESTION, "--photo-weight", "2"), "--photo-weight 2 is invalid"),
 ])
 def test_cli_bad_input_is_one_line_before_the_models_load(setup, capsys, extra, words):
     _, photo, args = setup
