@@ -16,7 +16,7 @@ import sys
 # Idle OpenMP threads sleep instead of spinning (BENCHMARKS.md): read when torch loads, so set before it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from faclip.artifacts import DEFAULT_DOCSTORE, DEFAULT_INDEX, DEFAULT_MODEL, DEFAULT_VISION
+from faclip.artifacts import DEFAULT_DOCSTORE, DEFAULT_INDEX, DEFAULT_LEXICAL, DEFAULT_MODEL, DEFAULT_VISION
 from faclip.errors import FaclipError, run_main
 
 
@@ -62,6 +62,7 @@ def add_artifact_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"text model folder (default {DEFAULT_MODEL})")
     parser.add_argument("--vision", default=DEFAULT_VISION, help=f"vision model folder (default {DEFAULT_VISION})")
     parser.add_argument("--index", default=DEFAULT_INDEX, help=f"index folder (default {DEFAULT_INDEX})")
+    parser.add_argument("--lexical", default=DEFAULT_LEXICAL, help=f"BM25 index folder (default {DEFAULT_LEXICAL})")
     parser.add_argument("--docstore", default=DEFAULT_DOCSTORE, help=f"docstore (default {DEFAULT_DOCSTORE})")
 
 
@@ -106,7 +107,7 @@ def search_command(args: argparse.Namespace) -> None:
             raise FaclipError("--photo-weight weighs a photo against a question; give both --image and --text")
         ask_options["photo_weight"] = check_photo_weight(args.photo_weight)
     transformers.utils.logging.disable_progress_bar()  # the CLI's output is the hits, not loading bars
-    retriever = Retriever(args.model, args.vision, args.index, args.docstore)
+    retriever = Retriever(args.model, args.vision, args.index, args.docstore, args.lexical)
     # The photo goes in by path, so the Retriever decodes it as `embed` decodes (a JPEG at reduced size).
     if args.image is not None and args.text is not None:
         hits = retriever.ask(args.image, args.text, k=args.k, per_dish=args.per_dish, **ask_options)
@@ -124,6 +125,7 @@ def serve_command(args: argparse.Namespace) -> None:
 
     transformers.utils.logging.disable_progress_bar()
     serve(model_dir=args.model, vision_dir=args.vision, index_dir=args.index, docstore_path=args.docstore,
+          lexical_dir=args.lexical,
           host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, threads=args.threads,
           cors_origins=tuple(args.cors_origin), max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
 
