@@ -16,7 +16,7 @@ import sys
 # Idle OpenMP threads sleep instead of spinning (BENCHMARKS.md): read when torch loads, so set before it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from faclip.artifacts import DEFAULT_DOCSTORE, DEFAULT_INDEX, DEFAULT_LEXICAL, DEFAULT_MODEL, DEFAULT_VISION
+from faclip.artifacts import DEFAULT_DOCSTORE, DEFAULT_INDEX, DEFAULT_MODEL, DEFAULT_VISION, LEXICAL_DIR_NAME
 from faclip.errors import FaclipError, run_main
 
 
@@ -62,7 +62,7 @@ def add_artifact_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"text model folder (default {DEFAULT_MODEL})")
     parser.add_argument("--vision", default=DEFAULT_VISION, help=f"vision model folder (default {DEFAULT_VISION})")
     parser.add_argument("--index", default=DEFAULT_INDEX, help=f"index folder (default {DEFAULT_INDEX})")
-    parser.add_argument("--lexical", default=DEFAULT_LEXICAL, help=f"BM25 index folder (default {DEFAULT_LEXICAL})")
+    parser.add_argument("--lexical", default=None, help=f"BM25 index folder (default: {LEXICAL_DIR_NAME}/ beside --index)")
     parser.add_argument("--docstore", default=DEFAULT_DOCSTORE, help=f"docstore (default {DEFAULT_DOCSTORE})")
 
 

@@ -25,8 +25,7 @@ import numpy as np
 
 from faclip.errors import FaclipError
 from faclip.files import atomic_dir, sha256_file, write_json
-from faclip.index import passage_ids_sha256
-from faclip.tables import load_docstore
+from faclip.tables import load_docstore, passage_ids_sha256
 from faclip.text import identity_key, normalize_text
 
 logger = logging.getLogger(__name__)
@@ -114,6 +113,8 @@ class LexicalIndex:
             raise FaclipError(f"the lexical index in {self.dir} was built from another docstore than the passage "
                               f"index; {REBUILD}")
         for name, digest in manifest["files_sha256"].items():
+            if not (self.dir / name).is_file():
+                raise FaclipError(f"{self.dir / name} is missing; {REBUILD} or `dvc checkout {self.dir}`")
             if sha256_file(self.dir / name) != digest:
                 raise FaclipError(f"{self.dir / name} does not match {self.dir / MANIFEST_FILE} (changed or "
                                   f"damaged); {REBUILD} or `dvc checkout {self.dir}`")

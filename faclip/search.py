@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from faclip.artifacts import DEFAULT_DOCSTORE, DEFAULT_INDEX, DEFAULT_LEXICAL, DEFAULT_MODEL, DEFAULT_VISION
+from faclip.artifacts import DEFAULT_DOCSTORE, DEFAULT_INDEX, DEFAULT_MODEL, DEFAULT_VISION, LEXICAL_DIR_NAME
 from faclip.batching import Batcher, PixelBudget
 from faclip.encode import (CHARS_PER_TOKEN_BOUND, ImageSource, decode_min_side, encode_pixels, encode_texts,
                            load_rgb, pick_device, preprocess_image)
@@ -87,7 +87,7 @@ class Retriever:
 
     def __init__(self, model_dir: str | Path = DEFAULT_MODEL, vision_dir: str | Path = DEFAULT_VISION,
                  index_dir: str | Path = DEFAULT_INDEX, docstore_path: str | Path = DEFAULT_DOCSTORE,
-                 lexical_dir: str | Path = DEFAULT_LEXICAL, device=None, decode_budget: int = DECODE_BUDGET_PIXELS,
+                 lexical_dir: str | Path | None = None, device=None, decode_budget: int = DECODE_BUDGET_PIXELS,
                  text_weight: float = DEFAULT_TEXT_WEIGHT):
         self.model_dir, self.vision_dir = Path(model_dir), Path(vision_dir)
         self.device = device or pick_device()
@@ -95,7 +95,9 @@ class Retriever:
         self.index, self.manifest = load_index(index_dir, model_dir, docstore_path)  # checks the manifest hashes
         # Row i of the index is manifest passage_ids[i]; the docstore hash matched, so every id is there.
         self.passages = docstore.set_index("id").loc[self.manifest["passage_ids"]].reset_index()
-        # BM25, memory-mapped: bound to the same docstore and passage order as the FAISS index
+        # BM25, memory-mapped (by default `lexical/` beside the index folder, as dvc.yaml puts it): bound to the
+        # same docstore and passage order as the FAISS index
+        lexical_dir = Path(index_dir).parent / LEXICAL_DIR_NAME if lexical_dir is None else lexical_dir
         self.lexical = LexicalIndex(lexical_dir, docstore_sha256=self.manifest["docstore_sha256"],
                                     passage_ids_sha256=self.manifest["passage_ids_sha256"])
         self.text_weight = check_text_weight(text_weight)
