@@ -37,6 +37,8 @@ TERMS = "char-3-5-grams"  # what `terms` yields: recorded in the manifest, so an
 NGRAMS = (3, 4, 5)
 K1, B = 1.5, 0.75  # bm25s's (and Lucene's) defaults
 _WORD = re.compile(r"\w+")
+CHUNK = 10_000  # passages per array of term ids while building
+POSTINGS_STEP = 1 << 22  # postings placed at once while laying the index out by term
 # bm25s writes these; each one's sha256 is in the manifest.
 BM25_FILES = ("data.csc.index.npy", "indices.csc.index.npy", "indptr.csc.index.npy", "vocab.index.json",
               "params.index.json")
@@ -55,18 +57,25 @@ def terms(text: str) -> list[str]:
 
 
 class _TermIds:
-    """Every passage's term ids, held in one int32 array (a list of Python ints per passage would cost ~10x the
-    memory); iterating it yields one passage's ids as a list, as bm25s reads them."""
+    """Every passage's term ids, held as int32 arrays of CHUNK passages each (a list of Python ints per passage
+    would cost ~10x the memory; one growing array, 2x at its last resize); iterating it yields one passage's ids
+    as a list, as bm25s reads them."""
 
-    def __init__(self, flat: np.ndarray, starts: np.ndarray):
-        self.flat, self.starts = flat, starts  # passage i's ids: flat[starts[i]:starts[i + 1]]
+    def __init__(self):
+        self.chunks: list[tuple[np.ndarray, np.ndarray]] = []  # (ids, starts): passage i's ids are ids[starts[i]:starts[i + 1]]
+        self.count = 0
+
+    def add_chunk(self, ids: array, starts: array) -> None:
+        self.chunks.append((np.frombuffer(ids, dtype=np.int32), np.frombuffer(starts, dtype=np.int64)))
+        self.count += len(starts) - 1
 
     def __len__(self) -> int:
-        return len(self.starts) - 1
+        return self.count
 
     def __iter__(self):
-        for i in range(len(self)):
-            yield self.flat[self.starts[i]:self.starts[i + 1]].tolist()
+        for ids, starts in self.chunks:
+            for i in range(len(starts) - 1):
+                yield ids[starts[i]:starts[i + 1]].tolist()
 
 
 def term_ids(texts) -> tuple[_TermIds, dict[str, int]]:
@@ -74,22 +83,57 @@ def term_ids(texts) -> tuple[_TermIds, dict[str, int]]:
     (deterministic). A word's terms are computed once: a corpus repeats its words far more than it has them."""
     vocab: dict[str, int] = {}
     known: dict[str, list[int]] = {}  # word -> its term ids
-    flat, starts = array("i"), array("q", [0])
+    passages = _TermIds()
+    ids, starts = array("i"), array("q", [0])
     for text in texts:
         for word in _WORD.findall(identity_key(text)):
-            ids = known.get(word)
-            if ids is None:
-                ids = known[word] = [vocab.setdefault(term, len(vocab)) for term in word_terms(word)]
-            flat.extend(ids)
-        starts.append(len(flat))
-    return _TermIds(np.frombuffer(flat, dtype=np.int32), np.frombuffer(starts, dtype=np.int64)), vocab
+            word_ids = known.get(word)
+            if word_ids is None:
+                word_ids = known[word] = [vocab.setdefault(term, len(vocab)) for term in word_terms(word)]
+            ids.extend(word_ids)
+        starts.append(len(ids))
+        if len(starts) > CHUNK:
+            passages.add_chunk(ids, starts)
+            ids, starts = array("i"), array("q", [0])
+    passages.add_chunk(ids, starts)
+    return passages, vocab
+
+
+class _BM25(bm25s.BM25):
+    """bm25s's BM25, with its documented hook for the sparse layout (`_np_csc`, which bm25s swaps for a numba one)
+    given a builder whose memory is the output's: bm25s's own sorts the (column, row) keys of every posting at once,
+    ~50 bytes a posting at its peak (25 GB at a million passages)."""
+
+    @staticmethod
+    def _np_csc(data, rows, cols, shape):
+        return postings_by_term(data, rows, cols, shape)
+
+
+def postings_by_term(data: np.ndarray, rows: np.ndarray, cols: np.ndarray, shape: tuple[int, int]):
+    """The CSC layout of (data, rows, cols) triples that come in row order: (data, row indices) grouped by column,
+    rows ascending within a column, and indptr (V + 1,), exactly as bm25s lays it out; placed POSTINGS_STEP triples
+    at a time, each by a stable sort of its columns, so only the output and one step are held."""
+    indptr = np.zeros(shape[1] + 1, dtype=np.int64)
+    np.cumsum(np.bincount(cols, minlength=shape[1]), out=indptr[1:])
+    next_free = indptr[:-1].copy()  # (V,) where each column's next posting goes
+    out_data, out_rows = np.empty_like(data), np.empty_like(rows)
+    for start in range(0, len(cols), POSTINGS_STEP):
+        step_cols = cols[start:start + POSTINGS_STEP]
+        order = np.argsort(step_cols, kind="stable")  # rows stay ascending within a column
+        sorted_cols = step_cols[order]
+        rank = np.arange(len(sorted_cols)) - np.searchsorted(sorted_cols, sorted_cols)  # within its column, this step
+        places = next_free[sorted_cols] + rank
+        out_data[places] = data[start:start + POSTINGS_STEP][order]
+        out_rows[places] = rows[start:start + POSTINGS_STEP][order]
+        next_free += np.bincount(step_cols, minlength=shape[1])
+    return out_data, out_rows, indptr
 
 
 def build_lexical_index(docstore_path: str | Path, out_dir: str | Path) -> dict:
     """BM25 over every docstore passage, in docstore order, written to `out_dir` with its manifest; returns it."""
     docstore = load_docstore(docstore_path)
     ids, vocab = term_ids(docstore["passage_text"])
-    retriever = bm25s.BM25(k1=K1, b=B)
+    retriever = _BM25(k1=K1, b=B)
     retriever.index(bm25s.tokenization.Tokenized(ids=ids, vocab=vocab), show_progress=False)
     manifest = {"terms": TERMS, "k1": K1, "b": B, "count": len(docstore), "vocabulary": len(retriever.vocab_dict),
                 "postings": int(len(retriever.scores["data"])), "docstore_sha256": sha256_file(docstore_path),

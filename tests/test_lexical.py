@@ -114,6 +114,32 @@ def test_the_build_is_byte_identical_and_bound_to_its_docstore(built, tmp_path):
     assert manifest["files_sha256"] == {name: sha256_file(root / "lexical" / name) for name in BM25_FILES}
 
 
+def test_the_build_does_not_depend_on_how_passages_are_chunked(built, tmp_path, monkeypatch):
+    import faclip.lexical
+
+    root, _, _, _ = built
+    monkeypatch.setattr(faclip.lexical, "CHUNK", 2)  # a chunk boundary every second passage
+    build_lexical_index(root / "docstore.parquet", tmp_path / "lexical")
+    for name in BM25_FILES:
+        assert (tmp_path / "lexical" / name).read_bytes() == (root / "lexical" / name).read_bytes(), name
+
+
+def test_postings_are_laid_out_exactly_as_bm25s_lays_them_out(monkeypatch):
+    import faclip.lexical
+    from bm25s.scoring import _np_csc_python
+
+    rng = np.random.default_rng(0)
+    keys = rng.permutation(rng.choice(500 * 300, 20_000, replace=False))  # distinct (row, col), as postings are
+    keys = keys[np.argsort(keys // 300, kind="stable")]  # in row order, columns in any order within a row
+    rows, cols = (keys // 300).astype(np.int32), (keys % 300).astype(np.int32)
+    data = rng.random(len(rows)).astype(np.float32)
+    monkeypatch.setattr(faclip.lexical, "POSTINGS_STEP", 777)  # many steps, none aligned with a column
+    ours, theirs = faclip.lexical.postings_by_term(data, rows, cols, (500, 300)), _np_csc_python(data, rows, cols, (500, 300))
+    for mine, library in zip(ours, theirs):
+        np.testing.assert_array_equal(mine, library)
+        assert mine.dtype == library.dtype
+
+
 def test_the_index_is_memory_mapped(built):
     _, _, _, lexical = built
     for name in ("data", "indices", "indptr"):
