@@ -17,7 +17,7 @@ import sys
 # Idle OpenMP threads sleep instead of spinning (BENCHMARKS.md): read when torch loads, so set before it.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from faclip.artifacts import DEFAULT_DOCSTORE, DEFAULT_INDEX, DEFAULT_MODEL, DEFAULT_VISION
+from faclip.artifacts import DEFAULT_DOCSTORE, DEFAULT_INDEX, DEFAULT_MODEL, DEFAULT_VISION, LEXICAL_DIR_NAME
 from faclip.errors import FaclipError, outputs_hint, run_main
 from faclip.text import MAX_QUERY_CHARS, query_text
 
@@ -74,6 +74,7 @@ def add_artifact_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"text model folder (default {DEFAULT_MODEL})")
     parser.add_argument("--vision", default=DEFAULT_VISION, help=f"vision model folder (default {DEFAULT_VISION})")
     parser.add_argument("--index", default=DEFAULT_INDEX, help=f"index folder (default {DEFAULT_INDEX})")
+    parser.add_argument("--lexical", default=None, help=f"BM25 index folder (default: {LEXICAL_DIR_NAME}/ beside --index)")
     parser.add_argument("--docstore", default=DEFAULT_DOCSTORE, help=f"docstore (default {DEFAULT_DOCSTORE})")
 
 
@@ -103,7 +104,9 @@ def check_numbers(args: argparse.Namespace) -> None:
 
 def check_artifacts(args: argparse.Namespace) -> None:
     """Every file search and serve read exists: else one line naming each missing one and the whole fix."""
-    given = {"--model": args.model, "--vision": args.vision, "--index": args.index, "--docstore": args.docstore}
+    lexical = args.lexical or os.path.join(os.path.dirname(args.index.rstrip("/")) or ".", LEXICAL_DIR_NAME)
+    given = {"--model": args.model, "--vision": args.vision, "--index": args.index, "--lexical": lexical,
+             "--docstore": args.docstore}
     missing = [f"{option} {path}" for option, path in given.items() if not os.path.exists(path)]
     if missing:
         raise FaclipError(f"not found: {', '.join(missing)}; {outputs_hint()}")
@@ -148,7 +151,7 @@ def search_command(args: argparse.Namespace) -> None:
 
     ask_options = {} if args.photo_weight is None else {"photo_weight": args.photo_weight}
     transformers.utils.logging.disable_progress_bar()  # the CLI's output is the hits, not loading bars
-    retriever = Retriever(args.model, args.vision, args.index, args.docstore)
+    retriever = Retriever(args.model, args.vision, args.index, args.docstore, args.lexical)
     # The photo goes in by path, so the Retriever decodes it as `embed` decodes (a JPEG at reduced size).
     if args.image is not None and args.text is not None:
         hits = retriever.ask(args.image, args.text, k=args.k, per_dish=args.per_dish, **ask_options)
@@ -166,6 +169,7 @@ def serve_command(args: argparse.Namespace) -> None:
 
     transformers.utils.logging.disable_progress_bar()
     serve(model_dir=args.model, vision_dir=args.vision, index_dir=args.index, docstore_path=args.docstore,
+          lexical_dir=args.lexical,
           host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, threads=args.threads,
           cors_origins=tuple(args.cors_origin), max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
 

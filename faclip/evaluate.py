@@ -17,10 +17,14 @@ paired with several dishes has all of them); for a passage, every test image of 
   averages acc@1 over the dishes with test images (an image counts for each dish it shows).
 - index.recall_vs_exact@10: the share of the exact top 10 that the configured index returns.
 - vqa (when the test split has questions): each (test photo, question) ranks the passages by the photo
-  alone (the index), the question alone (lexical, `faclip.vqa`) and the two together as `Retriever.ask`
-  does (weight vqa.photo_weight); the relevant item is the exact passage the question was written for.
-  recall@k, mrr, chance; dense_question_only: the question through the fine-tuned text encoder and the
-  index; best_on_train: the photo weight that scores best (mrr) over the train split's questions.
+  alone (the index), the question alone (BM25, the lexical index) and the two together as `Retriever.ask`
+  does (`faclip.vqa`, weight vqa.photo_weight); the relevant item is the exact passage the question was
+  written for. recall@k, mrr, chance; dense_question_only: the question through the fine-tuned text encoder
+  and the index; best_on_train: the photo weight that scores best (mrr) over the train split's questions.
+- text (when the test split has questions): text queries as `Retriever.by_text` ranks them (the text
+  encoder fused with BM25, weight vqa.text_weight): the test questions alone (the exact passage); each
+  dish's title alone and inside a sentence (`DISH_SENTENCE`), any passage of the dish counting;
+  best_on_train: the text weight that scores best (mrr) over the train split's questions.
 The test set is `faclip.testset`'s (the one train reports recall on). Rankings come from FAISS (exact
 search = a Flat inner-product index), so exact score ties keep FAISS's order; mrr counts ranks up to
 MAX_DEPTH (all ranks whenever there are no more items than that). Memory grows with the pairs, never
@@ -42,11 +46,12 @@ from faclip.errors import FaclipError
 from faclip.index import build_index, load_index, recall_vs_exact, search, search_hits
 from faclip.metrics import (NDCG_AT, chance_recall_at_k, mean_metrics, query_metrics,
                             rank_of_best_relevant)
-from faclip.models import check_same_vision, embed_passages, trained_max_len
+from faclip.models import check_same_vision, embed_passages, load_text_model, text_max_len, trained_max_len
 from faclip.tables import load_docstore, load_pairs, load_questions
 from faclip.testset import TestSet, image_to_text_hits, load_test_set
-from faclip.encode import CHARS_PER_TOKEN_BOUND
-from faclip.vqa import CANDIDATES, DEFAULT_PHOTO_WEIGHT, LexicalIndex, together_scores
+from faclip.encode import CHARS_PER_TOKEN_BOUND, encode_texts, pick_device
+from faclip.lexical import LexicalIndex, top_k
+from faclip.vqa import CANDIDATES, DEFAULT_PHOTO_WEIGHT, DEFAULT_TEXT_WEIGHT, fuse, together_scores
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +60,8 @@ QUERY_CHUNK = 1024  # queries searched at once: their (chunk, depth) hits are al
 SCORE_BUDGET = 2**22  # (image, dish) scores held at once by zero-shot: 16 MiB of float32
 ZERO_SHOT_KS = (1, 5)
 RECALL_VS_EXACT_K = 10
-VQA_WEIGHTS = tuple(i / 20 for i in range(21))
-MAX_TEXT_LEN = 512  # the token budget of a model folder without faclip.json (params allow at most 512)  # the photo weights swept on the train split: 0, 0.05, ..., 1
+VQA_WEIGHTS = tuple(i / 20 for i in range(21))  # the weights swept on the train split: 0, 0.05, ..., 1
+DISH_SENTENCE = "درباره {} چه می‌دانی؟"  # "what do you know about {dish}?": a dish's name inside a question
 
 
 def _scored(n_queries: int, hits_of: Callable[[int, int], np.ndarray], n_relevant: np.ndarray,
@@ -267,11 +272,11 @@ def exact_passage_metrics(index: faiss.Index, queries: np.ndarray, target: np.nd
     return _exact_passage(search_hits(index, queries, depth, lambda q, i: i == target[q]), ks)
 
 
-def vqa_hits(index: faiss.Index, lexical: LexicalIndex, queries: VqaQueries,
+def vqa_hits(index: faiss.Index, lexical: LexicalIndex, queries: VqaQueries, max_chars: int,
              photo_weights: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Ranked relevance of each query's passage: by the question alone over every passage (Q, min(N, MAX_DEPTH)),
-    and together at each photo weight over the photo's candidates (W, Q, min(N, CANDIDATES)), as `Retriever.ask`
-    ranks them (`faclip.vqa.together_scores`)."""
+    """Ranked relevance of each query's passage: by the question's BM25 alone over every passage
+    (Q, min(N, MAX_DEPTH)), and together at each photo weight over the photo's candidates (W, Q, min(N, CANDIDATES)),
+    as `Retriever.ask` ranks them (`faclip.vqa.together_scores`)."""
     n_queries, depth = len(queries.target), min(index.ntotal, CANDIDATES)
     question_hits = np.zeros((n_queries, min(index.ntotal, MAX_DEPTH)), dtype=bool)
     together = np.zeros((len(photo_weights), n_queries, depth), dtype=bool)
@@ -279,7 +284,7 @@ def vqa_hits(index: faiss.Index, lexical: LexicalIndex, queries: VqaQueries,
         photo_scores, photo_rows = search(index, queries.photo_emb[start:start + QUERY_CHUNK], depth)  # (chunk, C)
         for q in range(len(photo_rows)):
             target = queries.target[start + q]
-            question_scores = lexical.scores(queries.questions[start + q])  # (N,)
+            question_scores = lexical.scores(queries.questions[start + q], max_chars)  # (N,)
             order = np.argsort(-question_scores, kind="stable")[:question_hits.shape[1]]
             question_hits[start + q] = order == target
             for w, weight in enumerate(photo_weights):
@@ -289,12 +294,12 @@ def vqa_hits(index: faiss.Index, lexical: LexicalIndex, queries: VqaQueries,
 
 
 def evaluate_vqa(index: faiss.Index, lexical: LexicalIndex, test: VqaQueries, train: VqaQueries,
-                 ks: tuple[int, ...], photo_weight: float,
+                 ks: tuple[int, ...], photo_weight: float, max_chars: int,
                  dense_question_emb: np.ndarray | None = None) -> tuple[dict, pd.DataFrame]:
     """The `vqa` metrics (photo_only, question_only, together at `photo_weight`, chance, the train split's best
     weight; dense_question_only when the questions' text-encoder vectors are given) and the train sweep table
     (photo_weight, recall@1, mrr)."""
-    question_hits, together = vqa_hits(index, lexical, test, (photo_weight,))
+    question_hits, together = vqa_hits(index, lexical, test, max_chars, (photo_weight,))
     metrics = {
         "photo_weight": photo_weight,
         "photo_only": exact_passage_metrics(index, test.photo_emb, test.target, ks),
@@ -307,16 +312,74 @@ def evaluate_vqa(index: faiss.Index, lexical: LexicalIndex, test: VqaQueries, tr
         metrics["dense_question_only"] = exact_passage_metrics(index, dense_question_emb, test.target, ks)
     sweep = pd.DataFrame(columns=["photo_weight", "recall@1", "mrr"])
     if len(train.target):
-        _, swept = vqa_hits(index, lexical, train, VQA_WEIGHTS)
-        sweep = pd.DataFrame([{"photo_weight": weight, **_exact_passage(hits, (1,))}
-                              for weight, hits in zip(VQA_WEIGHTS, swept)], columns=sweep.columns)
-        # the best by mrr, then recall@1; a tie goes to the weight nearest the one in use
-        ranked = sweep.assign(gap=(sweep["photo_weight"] - photo_weight).abs())
-        best = ranked.sort_values(["mrr", "recall@1", "gap"], ascending=[False, False, True], kind="stable").iloc[0]
-        metrics["best_on_train"] = {"photo_weight": float(best["photo_weight"]), "recall@1": float(best["recall@1"]),
-                                    "mrr": float(best["mrr"])}
+        _, swept = vqa_hits(index, lexical, train, max_chars, VQA_WEIGHTS)
+        sweep = weight_sweep("photo_weight", swept)
+        metrics["best_on_train"] = best_weight(sweep, "photo_weight", photo_weight)
     metrics["counts"] = {"test_questions": len(test.target), "train_questions": len(train.target)}
     return metrics, sweep
+
+
+def weight_sweep(name: str, hits: np.ndarray) -> pd.DataFrame:
+    """recall@1 and mrr at each of VQA_WEIGHTS from the ranked relevance at each (W, Q, depth): (name, recall@1, mrr)."""
+    return pd.DataFrame([{name: weight, **_exact_passage(weight_hits, (1,))} for weight, weight_hits in
+                         zip(VQA_WEIGHTS, hits)], columns=[name, "recall@1", "mrr"])
+
+
+def best_weight(sweep: pd.DataFrame, name: str, in_use: float) -> dict:
+    """The swept weight that scores best by mrr, then recall@1; a tie goes to the weight nearest the one in use."""
+    ranked = sweep.assign(gap=(sweep[name] - in_use).abs())
+    best = ranked.sort_values(["mrr", "recall@1", "gap"], ascending=[False, False, True], kind="stable").iloc[0]
+    return {name: float(best[name]), "recall@1": float(best["recall@1"]), "mrr": float(best["mrr"])}
+
+
+def text_rankings(index: faiss.Index, lexical: LexicalIndex, dense_emb: np.ndarray, texts: list[str],
+                  max_chars: int, text_weights: tuple[float, ...]) -> np.ndarray:
+    """The index rows each text query ranks as `Retriever.by_text` does (the text encoder's CANDIDATES best fused
+    with BM25's), at each text weight: (W, Q, 2 · min(N, CANDIDATES)), -1 past the end of a ranking."""
+    depth = min(index.ntotal, CANDIDATES)
+    ranked = np.full((len(text_weights), len(texts), 2 * depth), -1, dtype=np.int64)
+    for start in range(0, len(texts), QUERY_CHUNK):
+        dense_scores, dense_rows = search(index, dense_emb[start:start + QUERY_CHUNK], depth)  # (chunk, C)
+        for q in range(len(dense_rows)):
+            lexical_top = top_k(lexical.scores(texts[start + q], max_chars), depth)
+            for w, weight in enumerate(text_weights):
+                _, rows = fuse(dense_scores[q], dense_rows[q], *lexical_top, weight)
+                ranked[w, start + q, :len(rows)] = rows
+    return ranked
+
+
+def evaluate_text(index: faiss.Index, lexical: LexicalIndex, encode: Callable[[list[str]], np.ndarray],
+                  test: VqaQueries, train: VqaQueries, dishes: pd.DataFrame, passage_dish: np.ndarray,
+                  ks: tuple[int, ...], text_weight: float, max_chars: int) -> tuple[dict, pd.DataFrame]:
+    """The `text` metrics: text queries ranked as `Retriever.by_text` ranks them at `text_weight`: the test questions
+    (their exact passage), each dish's title alone and inside DISH_SENTENCE (any passage of the dish: `passage_dish`
+    holds each index row's dish, `dishes` each dish's title), and the train split's best weight; with the train
+    sweep table (text_weight, recall@1, mrr)."""
+    def ranked(texts: list[str], weights: tuple[float, ...]) -> np.ndarray:
+        return text_rankings(index, lexical, encode(texts), texts, max_chars, weights)
+
+    def dish_metrics(texts: list[str]) -> dict:
+        rows = ranked(texts, (text_weight,))[0]  # (D, depth)
+        hits = (rows >= 0) & (passage_dish[rows] == np.arange(len(texts))[:, None])
+        return _first_relevant(hits, ks)
+
+    questions = ranked(test.questions, (text_weight,))[0]
+    metrics = {"text_weight": text_weight,
+               "questions": _exact_passage(questions == test.target[:, None], ks),
+               "dish_names": dish_metrics(dishes["title"].tolist()),
+               "dish_names_in_sentence": dish_metrics([DISH_SENTENCE.format(t) for t in dishes["title"]])}
+    sweep = pd.DataFrame(columns=["text_weight", "recall@1", "mrr"])
+    if len(train.target):
+        sweep = weight_sweep("text_weight", ranked(train.questions, VQA_WEIGHTS) == train.target[None, :, None])
+        metrics["best_on_train"] = best_weight(sweep, "text_weight", text_weight)
+    metrics["counts"] = {"dishes": len(dishes)}
+    return metrics, sweep
+
+
+def _first_relevant(hits: np.ndarray, ks: tuple[int, ...]) -> dict[str, float]:
+    """recall@k (a relevant item within the first k) and mrr (1 / rank of the first) from ranked relevance (Q, K)
+    when a query may have several relevant items."""
+    return _exact_passage(hits & (np.cumsum(hits, axis=1) == 1), ks)
 
 
 @dataclass(frozen=True)
@@ -327,15 +390,21 @@ class EvalResult:
     # k, photo_only, question_only, together, chance: (photo, question) -> its passage recall@k (no rows: no vqa)
     vqa_recall_at_k: pd.DataFrame = None
     vqa_photo_weight: pd.DataFrame = None  # photo_weight, recall@1, mrr over the train split's questions
+    text_weight: pd.DataFrame = None  # text_weight, recall@1, mrr over the train split's questions (text queries)
 
 
 def run_evaluation(*, index_dir: str | Path, model_dir: str | Path, base_text_dir: str | Path,
                    docstore_path: str | Path, pairs_path: str | Path, image_embeddings_path: str | Path,
-                   ks: tuple[int, ...], questions_path: str | Path | None = None,
-                   photo_weight: float = DEFAULT_PHOTO_WEIGHT) -> EvalResult:
+                   ks: tuple[int, ...], questions_path: str | Path | None = None, lexical_dir: str | Path | None = None,
+                   photo_weight: float = DEFAULT_PHOTO_WEIGHT, text_weight: float = DEFAULT_TEXT_WEIGHT) -> EvalResult:
     """Evaluate the fine-tuned model (through its index), the base text model and the ceiling on the test split;
-    with `questions_path`, photo + question retrieval too (`vqa`, when the test split has questions)."""
+    with `questions_path` and `lexical_dir`, photo + question retrieval and text queries too (`vqa`, `text`, when
+    the test split has questions)."""
     index, manifest = load_index(index_dir, model_dir, docstore_path)  # a stale index is an error
+    lexical = None
+    if questions_path is not None and lexical_dir is not None:  # bound to the same docstore and passage order
+        lexical = LexicalIndex(lexical_dir, docstore_sha256=manifest["docstore_sha256"],
+                               passage_ids_sha256=manifest["passage_ids_sha256"])
     passages = load_docstore(docstore_path).set_index("id").loc[manifest["passage_ids"]].reset_index()
     embeddings = load_image_embeddings(image_embeddings_path)
     check_same_vision(model_dir, embeddings.vision_sha256, f"the image embeddings in {image_embeddings_path}")
@@ -378,15 +447,26 @@ def run_evaluation(*, index_dir: str | Path, model_dir: str | Path, base_text_di
 
     classified["chance"] = zero_shot_chance(test, len(title_dish))
 
-    # 2. a photo and a question together, against each half alone (the exact passage is the relevant item)
+    # 2. a photo and a question together, against each half alone (the exact passage is the relevant item);
+    # text queries (the questions alone, the dishes' names) as the text encoder fused with BM25 ranks them
     vqa, vqa_sweep = None, pd.DataFrame(columns=["photo_weight", "recall@1", "mrr"])
-    if asked and len(asked["test"].target):
-        # the question cut as the Retriever cuts it: at the fine-tuned model's token budget
-        lexical = LexicalIndex(texts, (max_len or MAX_TEXT_LEN) * CHARS_PER_TOKEN_BOUND)
-        dense = embed_passages(model_dir, asked["test"].questions, max_len=max_len, progress=False)  # (Q, D)
-        vqa, vqa_sweep = evaluate_vqa(index, lexical, asked["test"], asked["train"], ks, photo_weight,
-                                      dense_question_emb=dense)
+    text, text_sweep = None, pd.DataFrame(columns=["text_weight", "recall@1", "mrr"])
+    if lexical is not None and asked and len(asked["test"].target):
+        model, tokenizer = load_text_model(model_dir, device=pick_device())
+        query_len = text_max_len(model_dir, tokenizer, model)  # a query read and cut as the Retriever reads it
+        max_chars = query_len * CHARS_PER_TOKEN_BOUND
+
+        def encode(queries: list[str]) -> np.ndarray:  # (Q, D)
+            return encode_texts(model, tokenizer, queries, max_len=query_len)
+
+        vqa, vqa_sweep = evaluate_vqa(index, lexical, asked["test"], asked["train"], ks, photo_weight, max_chars,
+                                      dense_question_emb=encode(asked["test"].questions))
         logger.info("photo + question: %s", {key: vqa[key] for key in ("photo_only", "question_only", "together")})
+        dishes = passages.drop_duplicates("food_id")[["food_id", "title"]].reset_index(drop=True)
+        passage_dish = passages["food_id"].map({f: i for i, f in enumerate(dishes["food_id"])}).to_numpy()
+        text, text_sweep = evaluate_text(index, lexical, encode, asked["test"], asked["train"], dishes, passage_dish,
+                                         ks, text_weight, max_chars)
+        logger.info("text queries: %s", {key: text[key] for key in ("questions", "dish_names", "dish_names_in_sentence")})
 
     # 3. the ceiling: every passage at its dish's centroid of train-split image vectors
     rows = np.flatnonzero(has_centroid[test.passage_dish])  # passages whose dish has train images
@@ -404,6 +484,7 @@ def run_evaluation(*, index_dir: str | Path, model_dir: str | Path, base_text_di
         "counts": {"test_images": len(test.image_sha256), "passages": len(passages), "test_dishes": test_dishes,
                    "dishes": len(title_dish), "dishes_without_train_images": without},
         **({"vqa": vqa} if vqa is not None else {}),
+        **({"text": text} if text is not None else {}),
     })
     # Wide (one column per model) so `dvc plots` draws every curve from one file.
     recall_rows = pd.DataFrame([{"k": k, **{model: metrics[model]["image_to_text"][f"recall@{k}"]
@@ -413,4 +494,4 @@ def run_evaluation(*, index_dir: str | Path, model_dir: str | Path, base_text_di
     vqa_rows = pd.DataFrame([{"k": k, **{key: metrics["vqa"][key][f"recall@{k}"] for key in vqa_columns}}
                              for k in ks] if vqa is not None else [], columns=["k", *vqa_columns])
     return EvalResult(metrics=metrics, recall_at_k=recall_rows, per_dish=per_dish, vqa_recall_at_k=vqa_rows,
-                      vqa_photo_weight=vqa_sweep.round(6))
+                      vqa_photo_weight=vqa_sweep.round(6), text_weight=text_sweep.round(6))

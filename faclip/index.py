@@ -32,7 +32,7 @@ import numpy as np
 from faclip.errors import FaclipError, outputs_hint
 from faclip.files import atomic_dir, sha256_file, write_json
 from faclip.metrics import hits_from_ids
-from faclip.tables import load_docstore, load_pairs
+from faclip.tables import load_docstore, load_pairs, passage_ids_sha256
 
 # faclip.embed and faclip.models (torch, transformers: ~10 s to import on busy cores) are imported where
 # used, so that check_params' factory probe, which needs only FAISS, starts in about a second.
@@ -325,12 +325,6 @@ def _smallest_reaching(recall_at, target: float, low: int, high: int) -> int:
         else:
             low = middle + 1
     return value
-
-
-def passage_ids_sha256(passage_ids: list[str]) -> str:
-    """sha256 of the ordered passage ids (one a line): row i of the index is passage_ids[i], so an edited or
-    reordered list would silently return other passages; the manifest records it and readers check it."""
-    return hashlib.sha256("".join(f"{passage_id}\n" for passage_id in passage_ids).encode("utf-8")).hexdigest()
 
 
 # What every reader relies on in a manifest, and its type; then the optional facts and search knobs.

@@ -153,12 +153,16 @@ class EvalParams:
 
 @dataclass(frozen=True)
 class VqaParams:
-    """A photo and a question together (`Retriever.ask`, evaluate's `vqa`)."""
-    photo_weight: float = 0.85  # score = w·cos(photo, p) + (1 − w)·lexical(question, p); 0.85: best on the train split
+    """The dense half's weight in each hybrid ranking (`faclip.vqa`): a photo and a question (`Retriever.ask`),
+    a text query (`Retriever.by_text`). Each: evaluate's best on the train split."""
+    photo_weight: float = 0.8  # a photo + a question: w·photo + (1 − w)·BM25(question), each min-max normalised
+    text_weight: float = 0.1  # a text query: w·text encoder + (1 − w)·BM25, each min-max normalised
 
     def __post_init__(self):
         _check(_is_number(self.photo_weight) and 0 <= self.photo_weight <= 1, "vqa.photo_weight",
                self.photo_weight, "use a number from 0 (the question alone) to 1 (the photo alone), e.g. 0.5")
+        _check(_is_number(self.text_weight) and 0 <= self.text_weight <= 1, "vqa.text_weight",
+               self.text_weight, "use a number from 0 (BM25 alone) to 1 (the text encoder alone), e.g. 0.5")
 
 
 @dataclass(frozen=True)

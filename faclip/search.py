@@ -6,9 +6,10 @@
         print(hit.rank, hit.score, hit.food_id, hit.passage_text)
     hits = retriever.ask("fesenjan.jpg", "این غذا چطور پخته می‌شود؟", k=5)   # a photo and a question
 
-Image queries are encoded by the frozen base vision model (the one the text model was tuned against),
-text queries by the fine-tuned text model; both are searched in the passage index. `ask` searches it
-with the two combined (`faclip.vqa`).
+Image queries are encoded by the frozen base vision model (the one the text model was tuned against) and
+searched in the passage index. A text query is ranked by the fine-tuned text model's index search fused with
+BM25 (the lexical index), and `ask` re-ranks the photo's best passages with the question's BM25 (`faclip.vqa`).
+Both indexes are built by `dvc repro`; nothing is built at query time.
 """
 
 import dataclasses
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from faclip.artifacts import DEFAULT_DOCSTORE, DEFAULT_INDEX, DEFAULT_MODEL, DEFAULT_VISION
+from faclip.artifacts import DEFAULT_DOCSTORE, DEFAULT_INDEX, DEFAULT_MODEL, DEFAULT_VISION, LEXICAL_DIR_NAME
 from faclip.batching import Batcher, PixelBudget
 from faclip.encode import (CHARS_PER_TOKEN_BOUND, ImageSource, decode_min_side, encode_pixels, encode_texts,
                            load_rgb, pick_device, preprocess_image)
@@ -33,7 +34,9 @@ from faclip.index import load_index, search
 from faclip.models import check_same_vision, load_text_model, load_vision_model, text_max_len
 from faclip.tables import load_docstore
 from faclip.text import MAX_QUERY_CHARS, query_text
-from faclip.vqa import CANDIDATES, DEFAULT_PHOTO_WEIGHT, LexicalIndex, check_photo_weight, together_scores
+from faclip.lexical import LexicalIndex, top_k
+from faclip.vqa import (CANDIDATES, DEFAULT_PHOTO_WEIGHT, DEFAULT_TEXT_WEIGHT, check_photo_weight, check_text_weight,
+                        fuse, together_scores)
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +77,7 @@ class Query:
 
 
 class Retriever:
-    """Loads the text model, index and docstore once (the vision model on the first image query).
+    """Loads the text model, both indexes and the docstore once (the vision model on the first image query).
 
     Safe to share between threads (a web server's workers): model calls take a lock, because a
     tokenizer or model is not re-entrant; decoding a photo runs outside it, at most `decode_budget`
@@ -83,13 +86,20 @@ class Retriever:
 
     def __init__(self, model_dir: str | Path = DEFAULT_MODEL, vision_dir: str | Path = DEFAULT_VISION,
                  index_dir: str | Path = DEFAULT_INDEX, docstore_path: str | Path = DEFAULT_DOCSTORE,
-                 device=None, decode_budget: int = DECODE_BUDGET_PIXELS):
+                 lexical_dir: str | Path | None = None, device=None, decode_budget: int = DECODE_BUDGET_PIXELS,
+                 text_weight: float = DEFAULT_TEXT_WEIGHT):
         self.model_dir, self.vision_dir = Path(model_dir), Path(vision_dir)
         self.device = device or pick_device()
         docstore = load_docstore(docstore_path)
         self.index, self.manifest = load_index(index_dir, model_dir, docstore_path)  # checks the manifest hashes
         # Row i of the index is manifest passage_ids[i]; the docstore hash matched, so every id is there.
         self.passages = docstore.set_index("id").loc[self.manifest["passage_ids"]].reset_index()
+        # BM25, memory-mapped (by default `lexical/` beside the index folder, as dvc.yaml puts it): bound to the
+        # same docstore and passage order as the FAISS index
+        lexical_dir = Path(index_dir).parent / LEXICAL_DIR_NAME if lexical_dir is None else lexical_dir
+        self.lexical = LexicalIndex(lexical_dir, docstore_sha256=self.manifest["docstore_sha256"],
+                                    passage_ids_sha256=self.manifest["passage_ids_sha256"])
+        self.text_weight = check_text_weight(text_weight)
         self.text_model, self.tokenizer = load_text_model(model_dir, device=self.device)
         self.max_len = text_max_len(model_dir, self.tokenizer, self.text_model)
         self._model_lock = threading.Lock()
@@ -103,11 +113,6 @@ class Retriever:
         # The text model was tuned against one vision model: another one would give meaningless scores.
         check_same_vision(self.model_dir, sha256_dir(self.vision_dir), f"the images encoded by {self.vision_dir}")
         return load_vision_model(self.vision_dir, device=self.device)
-
-    @cached_property
-    def _lexical(self) -> LexicalIndex:
-        # Built on the first question (~3.5 s per 10k passages on 2 busy cores), so photo and text searches never pay.
-        return LexicalIndex(self.passages["passage_text"].tolist(), self.max_len * CHARS_PER_TOKEN_BOUND)
 
     def start_batching(self, max_batch: int = 32, max_wait_ms: float = 2.0) -> None:
         """From now on concurrent `by_text` calls are encoded in one forward pass, and so are the photos of
@@ -125,7 +130,9 @@ class Retriever:
         return self._run(Query(pixels=self.image_pixels(image), k=k, per_dish=per_dish))
 
     def by_text(self, text: str, k: int = 5, per_dish: int | None = None) -> list[Hit]:
-        """The k passages closest to a text query; at most `per_dish` per food_id."""
+        """The k passages that best match a text query: the text encoder's ranking fused with BM25's by
+        text_weight·dense + (1 − text_weight)·lexical, each min-max normalised (`faclip.vqa.fuse`); at most
+        `per_dish` per food_id."""
         check_k(k, per_dish)
         text = query_text(text, self.max_len * CHARS_PER_TOKEN_BOUND)
         return self._run(Query(text=text, k=k, per_dish=per_dish))
@@ -133,7 +140,7 @@ class Retriever:
     def ask(self, image: ImageSource, question: str, k: int = 5, per_dish: int | None = None,
             photo_weight: float = DEFAULT_PHOTO_WEIGHT) -> list[Hit]:
         """The k passages that best answer a question about a photo: the photo's best candidates re-ranked by
-        photo_weight·cos(photo, p) + (1 − photo_weight)·lexical(question, p) (`faclip.vqa`); at most `per_dish`
+        photo_weight·photo + (1 − photo_weight)·BM25(question), each min-max normalised (`faclip.vqa`); at most `per_dish`
         per food_id. Each half is checked as `by_image` / `by_text` check it, the question first."""
         check_k(k, per_dish)
         question = query_text(question, self.max_len * CHARS_PER_TOKEN_BOUND)
@@ -183,14 +190,16 @@ class Retriever:
     def _search(self, vectors: np.ndarray, queries: list[Query]) -> list[list[Hit]]:
         # Queries asking for the same depth are searched together. With a per-dish cap the top k passages may
         # hold too few dishes: widen that query's search until k passages pass the cap or the whole index was
-        # searched. A question re-ranks at least the photo's CANDIDATES best passages. A query's depth depends
-        # on its own k, per_dish and question only, so its hits do not depend on its batch-mates (an
+        # searched. A text query or a question fuses at least CANDIDATES passages of each half. A query's depth
+        # depends on its own k, per_dish and kind only, so its hits do not depend on its batch-mates (an
         # approximate index may answer differently at another depth).
         ntotal = self.index.ntotal
         results: list[list[Hit] | None] = [None] * len(queries)
-        depth = {i: min(max(q.k if q.per_dish is None else q.k * 4, CANDIDATES if q.question else 0), ntotal)
+        # BM25 of every passage (N,) for each text query and each question: read from the lexical index, never built
+        lexical = {i: self.lexical.scores(q.question or q.text, self.max_len * CHARS_PER_TOKEN_BOUND)
+                   for i, q in enumerate(queries) if q.question or q.kind == "text"}
+        depth = {i: min(max(q.k if q.per_dish is None else q.k * 4, CANDIDATES if i in lexical else 0), ntotal)
                  for i, q in enumerate(queries)}
-        question_scores = {i: self._lexical.scores(q.question) for i, q in enumerate(queries) if q.question}  # (N,)
         pending = list(range(len(queries)))
         while pending:
             by_depth: dict[int, list[int]] = {}
@@ -201,8 +210,10 @@ class Retriever:
                 scores, ids = search(self.index, vectors[rows], fetch)  # (len(rows), fetch) each
                 for row, i in enumerate(rows):
                     query, found = queries[i], (scores[row], ids[row])
-                    if i in question_scores:
-                        found = together_scores(*found, question_scores[i], query.photo_weight)
+                    if query.question:
+                        found = together_scores(*found, lexical[i], query.photo_weight)
+                    elif i in lexical:
+                        found = fuse(*found, *top_k(lexical[i], fetch), self.text_weight)
                     hits = self._hits(*found, query.k, query.per_dish)
                     if len(hits) == query.k or query.per_dish is None or fetch >= ntotal:
                         results[i] = hits

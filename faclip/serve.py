@@ -579,7 +579,7 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def serve(*, model_dir, vision_dir, index_dir, docstore_path, host: str = "127.0.0.1", port: int = 8000,
+def serve(*, model_dir, vision_dir, index_dir, docstore_path, lexical_dir, host: str = "127.0.0.1", port: int = 8000,
           max_upload_mb: float = 10.0, threads: int | None = None, cors_origins: tuple[str, ...] = (),
           max_batch: int = 32, max_wait_ms: float = 2.0) -> None:
     """Open the port at once (/healthz answers, /readyz says 503), load the artifacts in the background, then
@@ -602,7 +602,7 @@ def serve(*, model_dir, vision_dir, index_dir, docstore_path, host: str = "127.0
 
     def load() -> None:
         try:
-            retriever = Retriever(model_dir, vision_dir, index_dir, docstore_path)
+            retriever = Retriever(model_dir, vision_dir, index_dir, docstore_path, lexical_dir)
             # Load the vision model now (and check it is the one the text model was tuned against), so the
             # first photo query is not the slow one and a mismatch stops the server here.
             from PIL import Image

@@ -5,6 +5,7 @@ one line (a missing column, a null or non-text cell, a duplicate passage id, a s
 train/test) rather than let it return other passages than asked for.
 """
 
+import hashlib
 import re
 from pathlib import Path
 
@@ -88,3 +89,10 @@ def load_questions(path: str | Path) -> pd.DataFrame:
         raise FaclipError(f"questions table {path} not found; run `dvc repro prepare`")
     return _check_columns(_read(path, lambda p: pd.read_csv(p, dtype=str, keep_default_na=False)), path,
                           QUESTIONS_COLUMNS)
+
+
+def passage_ids_sha256(passage_ids: list[str]) -> str:
+    """sha256 of the ordered passage ids (one a line): row i of the passage index (and of the lexical index) is
+    passage_ids[i], so an edited or reordered list would silently return other passages; both manifests record it
+    and readers check it."""
+    return hashlib.sha256("".join(f"{passage_id}\n" for passage_id in passage_ids).encode("utf-8")).hexdigest()

@@ -3,13 +3,15 @@
 Outputs: --metrics json {finetuned, base, ceiling, gain, chance: {image_to_text, text_to_image: {recall@k,
 mrr, ndcg@10}}, ceiling.finetuned_share_of_recall@k, zero_shot: {finetuned, base: {acc@1, acc@5,
 mean_per_class_recall}}, index: {recall_vs_exact@10}, counts, vqa (with --questions, when the test
-split has questions): {photo_weight, photo_only, question_only, together, chance, best_on_train, counts}};
+split has questions and --lexical is given): {photo_weight, photo_only, question_only, together, chance,
+best_on_train, counts}, text (the same): {text_weight, questions, dish_names, dish_names_in_sentence,
+best_on_train, counts}};
 --headline json: the few of them experiments are compared on (`faclip.evaluate.headline`, the only file
 dvc.yaml declares as metrics); --plots folder with recall_at_k.csv (k, finetuned, base, ceiling) and
 per_dish.csv (food_id, test_images, <model>_recall@1), image->passage; vqa_recall_at_k.csv (k, photo_only,
-question_only, together, chance) and vqa_photo_weight.csv (photo_weight, recall@1, mrr on the train split's
-questions).
-Params: eval.k, vqa.photo_weight.
+question_only, together, chance), vqa_photo_weight.csv (photo_weight, recall@1, mrr on the train split's
+questions) and text_weight.csv (text_weight, recall@1, mrr: text queries, the train split's questions).
+Params: eval.k, vqa.photo_weight, vqa.text_weight.
 """
 
 import argparse
@@ -32,6 +34,7 @@ def main(argv=None):
     parser.add_argument("--pairs", required=True)
     parser.add_argument("--image-embeddings", required=True)
     parser.add_argument("--questions", help="questions.csv: photo + question retrieval (vqa) when given")
+    parser.add_argument("--lexical", help="the lexical (BM25) index folder: with --questions, vqa and text queries")
     parser.add_argument("--metrics", required=True)
     parser.add_argument("--headline", required=True, help="the headline metrics json (what `dvc exp show` shows)")
     parser.add_argument("--plots", required=True)
@@ -44,7 +47,8 @@ def main(argv=None):
     result = run_evaluation(index_dir=args.index, model_dir=args.model, base_text_dir=args.base_text,
                             docstore_path=args.docstore, pairs_path=args.pairs,
                             image_embeddings_path=args.image_embeddings, ks=params.eval.k,
-                            questions_path=args.questions, photo_weight=params.vqa.photo_weight)
+                            questions_path=args.questions, lexical_dir=args.lexical,
+                            photo_weight=params.vqa.photo_weight, text_weight=params.vqa.text_weight)
 
     # 3. write metrics and plot tables
     write_json(args.metrics, result.metrics)
@@ -54,6 +58,7 @@ def main(argv=None):
         result.per_dish.to_csv(tmp / "per_dish.csv", index=False, lineterminator="\n")
         result.vqa_recall_at_k.to_csv(tmp / "vqa_recall_at_k.csv", index=False, lineterminator="\n")
         result.vqa_photo_weight.to_csv(tmp / "vqa_photo_weight.csv", index=False, lineterminator="\n")
+        result.text_weight.to_csv(tmp / "text_weight.csv", index=False, lineterminator="\n")
     k = f"recall@{params.eval.k[0]}"
     logger.info("image->passage %s: finetuned %.3f, base %.3f, ceiling %.3f (chance %.3f)", k,
                 *(result.metrics[m]["image_to_text"][k] for m in ("finetuned", "base", "ceiling", "chance")))

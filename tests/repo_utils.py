@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-STAGES = ["check_params", "prepare", "base", "embed", "train", "index", "evaluate"]
+STAGES = ["check_params", "prepare", "base", "embed", "train", "index", "lexical", "evaluate"]
 GIT_ENV = {"GIT_AUTHOR_NAME": "faclip-tests", "GIT_AUTHOR_EMAIL": "tests@faclip.invalid",
            "GIT_COMMITTER_NAME": "faclip-tests", "GIT_COMMITTER_EMAIL": "tests@faclip.invalid"}
 

@@ -48,6 +48,7 @@ class Artifacts:
 def build_artifacts(root: Path, tiny_model_dirs) -> Artifacts:
     """DISHES plus the markup dish as a docstore, a Flat index over it, and one photo."""
     from faclip.index import build_passage_index
+    from faclip.lexical import build_lexical_index
 
     rows = [(passage_id_for(p), food_id_for(title), title, p) for title, passages in DISHES for p in passages]
     rows.append((passage_id_for(MARKUP_PASSAGE), food_id_for(MARKUP_TITLE), MARKUP_TITLE, MARKUP_PASSAGE))
@@ -55,6 +56,7 @@ def build_artifacts(root: Path, tiny_model_dirs) -> Artifacts:
     docstore.to_parquet(root / "docstore.parquet", index=False)
     text_dir, vision_dir = tiny_model_dirs
     build_passage_index(text_dir, root / "docstore.parquet", root / "index", factory="Flat", device="cpu")
+    build_lexical_index(root / "docstore.parquet", root / "lexical")
     photo = root / "photo.jpg"
     draw_dish_image(1, 0, size=96).save(photo, quality=90)
     return Artifacts(text_dir, vision_dir, root / "index", root / "docstore.parquet", docstore, photo)

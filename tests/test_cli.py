@@ -113,7 +113,7 @@ def test_an_argument_error_is_one_line(args, words):
     assert not imported & set(HEAVY), sorted(imported & set(HEAVY))
 
 
-ARTIFACTS = ["models/finetuned", "models/base/vision", "models/index", "data/docstore.parquet"]
+ARTIFACTS = ["models/finetuned", "models/base/vision", "models/index", "models/lexical", "data/docstore.parquet"]
 
 
 @pytest.mark.parametrize("command", [["search", "--text", "آش"], ["search", "--image", "photo.jpg"], ["serve"]])

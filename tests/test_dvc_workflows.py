@@ -22,7 +22,7 @@ pytestmark = pytest.mark.e2e
 # Outputs a remote must restore byte for byte (persisted ones included).
 OUTPUTS = ["data/docstore.parquet", "data/training_pairs.csv", "data/prepare_skips.csv", "data/image_embeddings",
            "data/embed_cache", "models/base/text", "models/base/vision", "models/finetuned", "models/checkpoints",
-           "models/index"]
+           "models/index", "models/lexical"]
 
 
 def set_params(repo: Path, **changes) -> None:

@@ -16,6 +16,7 @@ from faclip.errors import FaclipError
 from faclip.evaluate import (chance_metrics, dish_centroids, dish_titles, evaluate_encoder, gain,
                              per_dish_recall_at_1, zero_shot)
 from faclip.index import build_index, build_passage_index
+from faclip.lexical import build_lexical_index
 from faclip.models import check_same_vision
 from faclip.testset import TestSet, load_test_set
 
@@ -253,6 +254,7 @@ def stage_inputs(tmp_path, tiny_model_dirs, monkeypatch):
     pairs.to_csv(tmp_path / "pairs.csv", index=False)
     save_image_embeddings(tmp_path / "image_embeddings", fake_embeddings(pairs, dim=128))
     build_passage_index(text_dir, tmp_path / "docstore.parquet", tmp_path / "index", factory="Flat", device="cpu")
+    build_lexical_index(tmp_path / "docstore.parquet", tmp_path / "lexical")
     return ["--index", "index", "--model", str(text_dir), "--base-text", str(text_dir), "--docstore",
             "docstore.parquet", "--pairs", "pairs.csv", "--image-embeddings", "image_embeddings",
             "--metrics", "metrics/eval.json", "--headline", "metrics/headline.json", "--plots", "metrics/eval_plots"]

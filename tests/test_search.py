@@ -18,6 +18,7 @@ from conftest import DISHES, REPO, draw_dish_image
 from faclip.encode import CHARS_PER_TOKEN_BOUND, encode_images, encode_texts
 from faclip.errors import FaclipError
 from faclip.index import build_passage_index
+from faclip.lexical import build_lexical_index
 from faclip.models import load_text_model, load_vision_model
 from faclip.search import Hit, Retriever, format_hits
 from faclip.text import food_id_for, passage_id_for
@@ -38,6 +39,7 @@ def setup(tmp_path_factory, tiny_model_dirs):
     text_dir, vision_dir = tiny_model_dirs
     docstore = write_docstore(root / "docstore.parquet")
     build_passage_index(text_dir, root / "docstore.parquet", root / "index", factory="Flat", device="cpu")
+    build_lexical_index(root / "docstore.parquet", root / "lexical")
     photo = root / "photo.jpg"
     draw_dish_image(1, 0).save(photo)
     return text_dir, vision_dir, root / "index", root / "docstore.parquet", docstore, photo
@@ -184,7 +186,8 @@ def test_cli_errors_are_one_line_exit_2(setup, tmp_path, capsys):
     bad.write_bytes(b"not a jpeg")
     cases = ((["--image", str(bad)], "cannot read image"), (["--text", " \u200c"], "text query is empty"),
              (["--text", "آش", "--k", "0"], "--k 0 is invalid"),
-             (["--text", "آش", "--index", str(tmp_path)], "no index found in"))
+             (["--text", "آش", "--index", str(tmp_path), "--lexical", str(index_dir.parent / "lexical")],
+              "no index found in"))
     for args, needle in cases:
         with pytest.raises(SystemExit) as exit_:
             main(["search", *paths, *args])

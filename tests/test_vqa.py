@@ -16,17 +16,18 @@ from test_evaluate import fake_embeddings, fake_pairs, load_stage, unit
 from test_search import write_docstore
 
 from faclip.embed import save_image_embeddings
-from faclip.encode import CHARS_PER_TOKEN_BOUND, decode_min_side, encode_images, load_rgb
+from faclip.encode import CHARS_PER_TOKEN_BOUND, decode_min_side, encode_images, encode_texts, load_rgb
 from faclip.errors import FaclipError
-from faclip.evaluate import VqaQueries, evaluate_vqa, exact_passage_metrics
-from faclip.index import build_index, build_passage_index
+from faclip.evaluate import VqaQueries, evaluate_text, evaluate_vqa, exact_passage_metrics
+from faclip.index import build_index, build_passage_index, search
+from faclip.lexical import LexicalIndex, build_lexical_index
 from faclip.models import load_vision_model
 from faclip.params import parse_params
 from faclip.prepare import MAX_QUESTION_CHARS, prepare_dataset
 from faclip.search import Retriever
 from faclip.tables import QUESTIONS_COLUMNS, load_questions
 from faclip.text import passage_id_for
-from faclip.vqa import DEFAULT_PHOTO_WEIGHT, LexicalIndex, char_ngrams, check_photo_weight, together_scores
+from faclip.vqa import DEFAULT_PHOTO_WEIGHT, DEFAULT_TEXT_WEIGHT, check_photo_weight, check_text_weight, min_max
 
 QUESTION = "این غذا را با چه چیزی سرو می‌کنند؟"
 
@@ -159,67 +160,26 @@ def test_the_bundled_sample_asks_about_most_records_and_never_names_the_dish():
 PASSAGES = [p for _, passages in DISHES for p in passages]
 
 
-def reference_lexical(passages: list[str], question: str, max_chars: int) -> np.ndarray:
-    """TF-IDF cosine (sublinear tf, smoothed idf) computed densely, the textbook way: what LexicalIndex must give."""
-    docs = [char_ngrams(t, max_chars) for t in passages]
-    vocab = sorted({term for doc in docs for term in doc})
-    df = np.array([sum(term in doc for doc in docs) for term in vocab])
-    idf = np.log((1 + len(docs)) / (1 + df)) + 1
-
-    def vector(grams):
-        v = np.array([(1 + np.log(grams[t])) if grams.get(t) else 0.0 for t in vocab]) * idf
-        return v / (np.linalg.norm(v) or 1.0)
-
-    return np.array([vector(doc) for doc in docs]) @ vector(char_ngrams(question, max_chars))
-
-
-def test_lexical_scores_are_tf_idf_cosines_of_character_ngrams():
-    lexical = LexicalIndex(PASSAGES, max_chars=10_000)
-    for question in ("لیمو عمانی چه طعمی می‌دهد؟", "با چه نانی می‌خورند؟", "روی آش چه می‌ریزند"):
-        np.testing.assert_allclose(lexical.scores(question), reference_lexical(PASSAGES, question, 10_000), atol=1e-9)
-    asked = lexical.scores("لیمو عمانی چه طعمی می‌دهد؟")
-    assert PASSAGES[int(asked.argmax())] == "لیمو عمانی به قورمه سبزی طعم ترش می‌دهد."
-    # spelled as scrapes spell it (Arabic yeh and kaf, ZWNJ as a space): the same scores
-    np.testing.assert_array_equal(lexical.scores("ليمو عماني چه طعمي مي دهد؟"), asked)
-    assert not lexical.scores("xyz qqq").any()  # nothing in common with any passage: all 0, no division by 0
-    assert not lexical.scores("؟!").any()
-
-
-def test_lexical_cuts_a_long_question_as_the_encoders_cut_a_passage():
-    lexical = LexicalIndex(PASSAGES, max_chars=40)
-    question = "لیمو عمانی چه طعمی می‌دهد؟ " + "کباب کوبیده " * 10_000
-    np.testing.assert_array_equal(lexical.scores(question), lexical.scores(question[:40]))
-    wide = LexicalIndex(PASSAGES, max_chars=10_000)
-    assert (wide.scores(question) != wide.scores(question[:40])).any()  # the rest would count: the cut is no no-op
-
-
-def test_together_scores_rerank_the_photos_candidates_by_the_weighted_sum():
-    photo_scores = np.array([0.9, 0.8, 0.7, 0.0], dtype=np.float32)
-    rows = np.array([2, 0, 1, -1])  # -1: an approximate index found fewer
-    question = np.array([0.5, 0.0, 0.1, 1.0])  # of passages 0..3 (3 is not a candidate)
-    scores, order = together_scores(photo_scores, rows, question, 0.5)
-    assert order.tolist() == [0, 2, 1]  # (0.8 + 0.5) / 2, (0.9 + 0.1) / 2, (0.7 + 0) / 2
-    np.testing.assert_allclose(scores, [0.65, 0.5, 0.35], atol=1e-6)
-    assert together_scores(photo_scores, rows, question, 1.0)[1].tolist() == [2, 0, 1]  # the photo alone
-    assert together_scores(photo_scores, rows, question, 0.0)[1].tolist() == [0, 2, 1]  # the question alone
-    tie = together_scores(np.array([0.5, 0.5]), np.array([1, 0]), np.zeros(2), 0.5)[1]
-    assert tie.tolist() == [1, 0]  # a tie keeps the photo's order
-
-
 @pytest.mark.parametrize("bad", [-0.1, 1.5, float("nan"), "half", True, None])
-def test_a_photo_weight_outside_0_to_1_is_refused(bad):
-    with pytest.raises(FaclipError, match="photo_weight=.* is invalid; use a number from 0"):
+def test_a_weight_outside_0_to_1_is_refused(bad):
+    with pytest.raises(FaclipError, match="photo_weight=.* is invalid; use a number from 0 .the question alone"):
         check_photo_weight(bad)
+    with pytest.raises(FaclipError, match="text_weight=.* is invalid; use a number from 0 .BM25 alone"):
+        check_text_weight(bad)
 
 
-def test_vqa_params_are_validated_and_default_to_the_shared_weight():
+def test_vqa_params_are_validated_and_default_to_the_shared_weights():
     assert parse_params({}).vqa.photo_weight == DEFAULT_PHOTO_WEIGHT
-    assert yaml.safe_load((REPO / "params.yaml").read_text())["vqa"]["photo_weight"] == DEFAULT_PHOTO_WEIGHT
+    assert parse_params({}).vqa.text_weight == DEFAULT_TEXT_WEIGHT
+    in_yaml = yaml.safe_load((REPO / "params.yaml").read_text())["vqa"]
+    assert (in_yaml["photo_weight"], in_yaml["text_weight"]) == (DEFAULT_PHOTO_WEIGHT, DEFAULT_TEXT_WEIGHT)
+    with pytest.raises(FaclipError, match=r"vqa.text_weight=-1 is invalid"):
+        parse_params({"vqa": {"text_weight": -1}})
     assert parse_params({"vqa": {"photo_weight": 0.25}}).vqa.photo_weight == 0.25
     with pytest.raises(FaclipError, match=r"vqa.photo_weight=2 is invalid"):
         parse_params({"vqa": {"photo_weight": 2}})
-    with pytest.raises(FaclipError, match=r"unknown key 'vqa.weight' \(did you mean 'vqa.photo_weight'\?\)"):
-        parse_params({"vqa": {"weight": 0.5}})
+    with pytest.raises(FaclipError, match=r"unknown key 'vqa.photo_weigth' \(did you mean 'vqa.photo_weight'\?\)"):
+        parse_params({"vqa": {"photo_weigth": 0.5}})
 
 
 @pytest.fixture(scope="module")
@@ -229,6 +189,7 @@ def setup(tmp_path_factory, tiny_model_dirs):
     text_dir, vision_dir = tiny_model_dirs
     write_docstore(root / "docstore.parquet")
     build_passage_index(text_dir, root / "docstore.parquet", root / "index", factory="Flat", device="cpu")
+    build_lexical_index(root / "docstore.parquet", root / "lexical")
     photo = root / "photo.jpg"
     draw_dish_image(1, 0, size=96).save(photo, quality=90)
     retriever = Retriever(text_dir, vision_dir, root / "index", root / "docstore.parquet", device="cpu")
@@ -238,16 +199,24 @@ def setup(tmp_path_factory, tiny_model_dirs):
 
 
 def brute_force_scores(retriever, photo, question, weight) -> dict[str, float]:
-    """passage_id -> weight·cos(photo, p) + (1 − weight)·lexical(question, p), from a separately loaded vision
-    model, the passage vectors of the index and the dense TF-IDF reference."""
+    """passage_id -> weight·min_max(cos(photo, p)) + (1 − weight)·min_max(BM25(question, p)) over every passage
+    (fewer than CANDIDATES: all are candidates), from a separately loaded vision model, the passage vectors of the
+    index and the lexical index read from disk anew."""
     vision, processor = load_vision_model(retriever.vision_dir, device="cpu")
 
     photo_emb = encode_images(vision, processor, [load_rgb(photo, decode_min_side(processor))])[0]
-    passages = retriever.index.reconstruct_n(0, retriever.index.ntotal)  # (N, D), Flat
-    texts = retriever.passages["passage_text"].tolist()
-    lexical = reference_lexical(texts, question, retriever.max_len * CHARS_PER_TOKEN_BOUND)
-    scores = weight * passages @ photo_emb + (1 - weight) * lexical
+    lexical = LexicalIndex(retriever.lexical.dir, docstore_sha256=retriever.manifest["docstore_sha256"],
+                           passage_ids_sha256=retriever.manifest["passage_ids_sha256"])
+    bm25 = lexical.scores(question, retriever.max_len * CHARS_PER_TOKEN_BOUND)
+    scores = weight * min_max(cosines(retriever.index, photo_emb)) + (1 - weight) * min_max(bm25)
     return dict(zip(retriever.passages["id"], scores.tolist()))
+
+
+def cosines(index, query: np.ndarray) -> np.ndarray:
+    """The query's cosine with every passage (N,), in row order, as the index computes it (min-max magnifies the
+    last float32 digits when the tiny model's cosines are close together, so both sides compute them alike)."""
+    scores, rows = search(index, query[None], index.ntotal)
+    return scores[0][np.argsort(rows[0])]
 
 
 def test_ask_ranks_every_passage_by_the_weighted_scores(setup):
@@ -259,6 +228,42 @@ def test_ask_ranks_every_passage_by_the_weighted_scores(setup):
         assert [h.rank for h in hits] == list(range(1, n + 1))
         assert [h.score for h in hits] == pytest.approx([expected[h.passage_id] for h in hits], abs=1e-5)
         assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+def test_a_text_query_fuses_the_text_encoder_with_bm25(setup):
+    retriever, _, _ = setup
+    query = "لیمو عمانی چه طعمی می‌دهد؟"
+    text_emb = encode_texts(retriever.text_model, retriever.tokenizer, [query], max_len=retriever.max_len)[0]
+    bm25 = retriever.lexical.scores(query, retriever.max_len * CHARS_PER_TOKEN_BOUND)
+    matched = bm25 > 0  # BM25's list: the passages sharing a term; the others get 0 for that half
+    lexical = np.zeros(len(bm25))
+    lexical[matched] = min_max(bm25[matched])
+    for weight in (0.0, 0.3, 1.0):
+        retriever.text_weight = weight
+        try:
+            hits = retriever.by_text(query, k=len(bm25))
+        finally:
+            retriever.text_weight = DEFAULT_TEXT_WEIGHT
+        dense = min_max(cosines(retriever.index, text_emb))
+        expected = dict(zip(retriever.passages["id"], weight * dense + (1 - weight) * lexical))
+        assert [h.score for h in hits] == pytest.approx([expected[h.passage_id] for h in hits], abs=1e-5)
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    assert retriever.by_text(query, k=1)[0].passage_text == "لیمو عمانی به قورمه سبزی طعم ترش می‌دهد."
+
+
+def test_nothing_is_built_at_query_time(setup, monkeypatch):
+    import bm25s
+
+    import faclip.lexical
+
+    def built(*args, **kwargs):
+        raise AssertionError("the lexical index was built during a query")
+
+    retriever, photo, _ = setup
+    for module, name in ((faclip.lexical, "build_lexical_index"), (faclip.lexical, "term_ids"),
+                         (bm25s.BM25, "index"), (bm25s.BM25, "build_index_from_ids")):
+        monkeypatch.setattr(module, name, built)
+    assert retriever.ask(photo, QUESTION, k=2) and retriever.by_text("کباب", k=2)
 
 
 def test_ask_at_the_ends_of_the_weight_is_the_photo_or_the_question_alone(setup):
@@ -388,12 +393,21 @@ def test_exact_passage_metrics_count_only_the_one_passage_asked_about():
     assert metrics == pytest.approx({"recall@1": 1 / 3, "recall@2": 2 / 3, "mrr": (1 + 1 / 2 + 1 / 4) / 3})
 
 
-def test_evaluate_vqa_halves_are_the_ends_of_the_weight_and_the_sweep_picks_the_best_on_train():
+def lexical_over(root, texts: list[str]) -> LexicalIndex:
+    """The lexical index of a docstore holding `texts` in this order (row i: texts[i], as a test's index rows)."""
+    ids = [passage_id_for(t) for t in texts]
+    pd.DataFrame({"id": ids, "food_id": ids, "title": ids, "passage_text": texts}).to_parquet(root / "docstore.parquet")
+    manifest = build_lexical_index(root / "docstore.parquet", root / "lexical")
+    return LexicalIndex(root / "lexical", docstore_sha256=manifest["docstore_sha256"],
+                        passage_ids_sha256=manifest["passage_ids_sha256"])
+
+
+def test_evaluate_vqa_halves_are_the_ends_of_the_weight_and_the_sweep_picks_the_best_on_train(tmp_path):
     rng = np.random.default_rng(1)
     n = len(PASSAGES)
     passages = unit(rng.standard_normal((n, 8))).astype(np.float32)
     index = build_index(passages, "Flat")
-    lexical = LexicalIndex(PASSAGES, max_chars=10_000)
+    lexical = lexical_over(tmp_path, PASSAGES)
     target = np.arange(n)
 
     def queries(seed):  # photos that barely point at their passage; questions that are its first words
@@ -401,8 +415,8 @@ def test_evaluate_vqa_halves_are_the_ends_of_the_weight_and_the_sweep_picks_the_
         return VqaQueries(photo, [p[:25] for p in PASSAGES], target)
 
     test, train = queries(2), queries(3)
-    metrics, sweep = evaluate_vqa(index, lexical, test, train, (1, 5), photo_weight=0.5)
-    at = lambda w: evaluate_vqa(index, lexical, test, train, (1, 5), photo_weight=w)[0]["together"]  # noqa: E731
+    metrics, sweep = evaluate_vqa(index, lexical, test, train, (1, 5), photo_weight=0.5, max_chars=10_000)
+    at = lambda w: evaluate_vqa(index, lexical, test, train, (1, 5), photo_weight=w, max_chars=10_000)[0]["together"]  # noqa: E731
     assert at(1.0) == metrics["photo_only"]
     assert at(0.0) == metrics["question_only"]
     assert metrics["question_only"]["recall@1"] > metrics["photo_only"]["recall@1"]
@@ -413,9 +427,34 @@ def test_evaluate_vqa_halves_are_the_ends_of_the_weight_and_the_sweep_picks_the_
     best = metrics["best_on_train"]
     assert best["mrr"] == sweep["mrr"].max() and best["photo_weight"] < 0.5  # the question weighs more here
     # the sweep's row for a weight is what evaluating the train split at that weight gives
-    train_at = evaluate_vqa(index, lexical, train, train, (1,), photo_weight=0.25)[0]["together"]
+    train_at = evaluate_vqa(index, lexical, train, train, (1,), photo_weight=0.25, max_chars=10_000)[0]["together"]
     row = sweep.set_index("photo_weight").loc[0.25]
     assert (row["recall@1"], row["mrr"]) == pytest.approx((train_at["recall@1"], train_at["mrr"]))
+
+
+def test_evaluate_text_measures_questions_and_dish_names_as_by_text_ranks_them(tmp_path):
+    rng = np.random.default_rng(4)
+    n = len(PASSAGES)
+    passages = unit(rng.standard_normal((n, 8))).astype(np.float32)
+    index = build_index(passages, "Flat")
+    lexical = lexical_over(tmp_path, PASSAGES)
+    dish_of = np.array([d for d, (_, texts) in enumerate(DISHES) for _ in texts])  # each passage's dish
+    dishes = pd.DataFrame({"food_id": [t for t, _ in DISHES], "title": [t for t, _ in DISHES]})
+    noise = lambda texts: unit(rng.standard_normal((len(texts), 8))).astype(np.float32)  # noqa: E731 a useless encoder
+    queries = VqaQueries(np.zeros((n, 8), np.float32), [p[:25] for p in PASSAGES], np.arange(n))
+
+    def at(weight):
+        return evaluate_text(index, lexical, noise, queries, queries, dishes, dish_of, (1, 5), weight, 10_000)
+
+    metrics, sweep = at(0.0)
+    assert set(metrics) == {"text_weight", "questions", "dish_names", "dish_names_in_sentence", "best_on_train",
+                            "counts"}
+    assert metrics["questions"]["recall@1"] > 0.8  # BM25 alone finds a passage from its first words
+    assert metrics["dish_names"]["recall@1"] == 1.0 == metrics["dish_names_in_sentence"]["recall@1"]
+    assert at(1.0)[0]["questions"]["recall@1"] < 0.5  # the useless encoder alone
+    assert sweep["text_weight"].tolist() == [i / 20 for i in range(21)]
+    assert metrics["best_on_train"]["mrr"] == sweep["mrr"].max() and metrics["best_on_train"]["text_weight"] < 0.5
+    assert metrics["counts"] == {"dishes": len(DISHES)}
 
 
 def test_the_stage_adds_vqa_with_questions_and_leaves_it_out_without(tmp_path, tiny_model_dirs, monkeypatch):
@@ -427,16 +466,17 @@ def test_the_stage_adds_vqa_with_questions_and_leaves_it_out_without(tmp_path, t
     pairs.to_csv(tmp_path / "pairs.csv", index=False)
     save_image_embeddings(tmp_path / "image_embeddings", fake_embeddings(pairs, dim=128))
     build_passage_index(text_dir, tmp_path / "docstore.parquet", tmp_path / "index", factory="Flat", device="cpu")
+    build_lexical_index(tmp_path / "docstore.parquet", tmp_path / "lexical")
     text_of = dict(zip(docstore["id"], docstore["passage_text"]))
     questions = pairs.assign(question=[text_of[p][:20] for p in pairs["passage_id"]])[QUESTIONS_COLUMNS]
     args = ["--index", "index", "--model", str(text_dir), "--base-text", str(text_dir), "--docstore",
             "docstore.parquet", "--pairs", "pairs.csv", "--image-embeddings", "image_embeddings",
             "--metrics", "metrics/eval.json", "--headline", "metrics/headline.json", "--plots", "metrics/eval_plots",
-            "--questions", "questions.csv"]
+            "--questions", "questions.csv", "--lexical", "lexical"]
 
     questions.iloc[:0].to_csv(tmp_path / "questions.csv", index=False)  # no question at all: no vqa
     load_stage().main(args)
-    assert "vqa" not in json.loads((tmp_path / "metrics/eval.json").read_text())
+    assert not {"vqa", "text"} & set(json.loads((tmp_path / "metrics/eval.json").read_text()))
     assert not [key for key in json.loads((tmp_path / "metrics/headline.json").read_text()) if "question" in key]
     assert pd.read_csv(tmp_path / "metrics/eval_plots/vqa_recall_at_k.csv").empty
 
@@ -461,3 +501,7 @@ def test_the_stage_adds_vqa_with_questions_and_leaves_it_out_without(tmp_path, t
     assert table.set_index("k").loc[5, "together"] == vqa["together"]["recall@5"]
     sweep = pd.read_csv(tmp_path / "metrics/eval_plots/vqa_photo_weight.csv")
     assert list(sweep.columns) == ["photo_weight", "recall@1", "mrr"] and len(sweep) == 21
+    text = json.loads((tmp_path / "metrics/eval.json").read_text())["text"]
+    assert text["text_weight"] == DEFAULT_TEXT_WEIGHT and set(text["questions"]) == {"recall@1", "recall@5", "mrr"}
+    sweep = pd.read_csv(tmp_path / "metrics/eval_plots/text_weight.csv")
+    assert list(sweep.columns) == ["text_weight", "recall@1", "mrr"] and len(sweep) == 21
