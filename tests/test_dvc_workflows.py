@@ -364,6 +364,17 @@ def test_old_index_pulled_next_to_a_new_model_is_refused(readme_sharing, tmp_pat
         assert len(errors) == 1 and "dvc repro index" in errors[0], result.stderr
 
 
+def test_a_passage_edit_reruns_exactly_the_stages_that_read_the_docstore(repo):
+    path = repo / "data/sample/kebabs/mashhad/joojeh/joojeh.json"
+    text = path.read_text(encoding="utf-8-sig")
+    passage = json.loads(text.splitlines()[0])["response"]
+    path.write_text(text.replace(passage, passage + " (ویرایش شده)"), encoding="utf-8")  # every record of it
+    result = dvc(repo, "repro", "lexical")  # the BM25 index follows the docstore, and nothing else reruns
+    assert ran_stages(result.stdout) == {"prepare", "lexical"}, result.stdout
+    # what reads the docstore or the pairs (the passage's id changed with its text) is due, and only that
+    assert set(dvc_status(repo)) == {"base", "embed", "train", "index", "evaluate"}
+
+
 def test_adding_a_photo_reruns_prepare_and_embeds_only_that_photo(repo):
     folder = repo / "data/sample/kebabs/mashhad/joojeh"
     record = json.loads((folder / "joojeh.json").read_text(encoding="utf-8-sig").splitlines()[0])
