@@ -1,0 +1,136 @@
+"""The request and response models of the API, and the one-line error bodies: what /openapi.json states."""
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MAX_K = 100  # a VQA prompt holds a handful of passages; thousands would only load the server
+MAX_TEXT_CHARS = 2000  # queries are a dish name or a question; the model reads max_text_len tokens anyway
+IMAGE_HELP = "give a JPEG/PNG/WebP photo"
+QUERY_HELP = ('send {"text": "قورمه سبزی", "k": 5}, {"image": "<base64 photo>", "k": 5}, or both '
+              '(a question about the photo)')
+MAX_DETAIL_CHARS = 500  # an error body names the first problems and counts the rest: never megabytes
+LOADING = "the server is still loading its models; retry in a few seconds (GET /readyz says when it is ready)"
+
+class ErrorOut(BaseModel):
+    """Every 4xx and 503 body: one line saying what was wrong and what to do."""
+
+    detail: str = Field(description=f"one line, at most {MAX_DETAIL_CHARS} characters")
+
+
+def error_responses(*statuses: int) -> dict:
+    """OpenAPI `responses` for the error statuses an endpoint can answer, all with the one-line body."""
+    what = {400: "the body is not valid JSON (or not valid multipart/form-data, for an upload)", 413: "the body or photo is larger than --max-upload-mb",
+            422: "a parameter is out of range, the text is blank after normalisation, or the photo does not decode",
+            503: "the models are still loading"}
+    return {status: {"model": ErrorOut, "description": what[status]} for status in statuses}
+
+
+class HitOut(BaseModel):
+    """One passage, as `python -m faclip search --json` prints it."""
+
+    rank: int = Field(description="1..k, by descending score")
+    score: float = Field(description="cosine similarity of query and passage")
+    passage_id: str
+    food_id: str
+    title: str
+    passage_text: str
+
+
+class SearchResponse(BaseModel):
+    hits: list[HitOut]
+    took_ms: float = Field(description="time spent on the query in the server (decode, encode, search)")
+
+
+# The query rule as JSON Schema, for generated clients: text, image, or both (a question about the photo).
+QUERY_RULE = {"anyOf": [{"required": ["text"]}, {"required": ["image"]}]}
+QUERY_FIELDS = {"text", "image", "k", "per_dish"}
+
+
+class SearchRequest(BaseModel):
+    """`text`, `image`, or both: a question about the photo (`Retriever.ask`)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=QUERY_RULE)
+
+    text: str = Field(None, min_length=1, max_length=MAX_TEXT_CHARS, examples=["قورمه سبزی"],
+                      description="a dish name or a question; with `image`, a question about the photo")
+    image: str = Field(None, min_length=1, description="a JPEG/PNG/WebP photo in base64 (a data: URL is accepted too)")
+    k: int = Field(5, ge=1, le=MAX_K, strict=True, description="how many passages")
+    per_dish: int = Field(None, ge=1, strict=True, description="keep at most this many passages per dish")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, data):
+        # Before field validation: a body with a million unknown keys is one error, not a million.
+        if isinstance(data, dict):
+            unknown = [key for key in data if key not in QUERY_FIELDS]
+            if unknown:
+                more = f" and {len(unknown) - 1} more" if len(unknown) > 1 else ""
+                raise ValueError(f"unknown field {short(unknown[0])}{more}; {QUERY_HELP}")
+        return data
+
+    @model_validator(mode="after")
+    def _one_query(self):
+        if self.text is None and self.image is None:
+            raise ValueError("give text, image, or both (a question about the photo)")
+        return self
+
+
+class InfoResponse(BaseModel):
+    passages: int = Field(description="passages in the index")
+    dishes: int = Field(description="distinct food_id values among them")
+    dim: int
+    factory: str = Field(description="FAISS index_factory string")
+    docstore_sha256: str
+    model_sha256: str = Field(description="sha256 of the text model weights the index was built with")
+    index_sha256: str
+    index_search: dict = Field(description="how the index was chosen and tuned, as its manifest records it "
+                                           "(choice, reason, search knob, measured recall)")
+    text_model: str
+    text_source: str | None = Field(description="what the text model was built (or fine-tuned) from, per its faclip.json")
+    base_text_sha256: str | None
+    vision_model: str
+    vision_source: str | None
+    vision_sha256: str | None = Field(description="the vision model the text model was tuned against")
+    device: str
+    max_k: int
+    max_upload_mb: float
+
+
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def capped(text: str, limit: int = MAX_DETAIL_CHARS) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def validation_detail(errors, shown: int = 3) -> tuple[int, str]:
+    """One line for pydantic's error list: (status, detail); a body that is not JSON at all is 400.
+
+    The first `shown` problems are named and the rest counted, and the line is capped at MAX_DETAIL_CHARS."""
+    parts = []
+    for error in errors:
+        if error.get("type") == "json_invalid":
+            reason = (error.get("ctx") or {}).get("error", "")
+            return 400, capped(one_line(f"the request body is not valid JSON ({reason}); {QUERY_HELP}"))
+        if len(parts) == shown:
+            continue
+        loc = [short(part, quote=False) for part in error.get("loc", ()) if part not in ("body", "query")]
+        msg = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        if error.get("type") == "missing" and loc == ["file"]:
+            msg = f"no file uploaded; send the photo as multipart/form-data field `file` ({IMAGE_HELP})"
+        elif error.get("type") == "extra_forbidden":
+            msg = f"unknown field; {QUERY_HELP}"
+        elif error.get("type") == "missing" and not loc:
+            msg = f"the request body is empty; {QUERY_HELP}"
+        elif "input" in error and loc and not isinstance(error["input"], (dict, list)):
+            msg = f"{msg} (got {short(error['input'])})"
+        parts.append(f"{'.'.join(loc)}: {msg}" if loc else msg)
+    if len(errors) > len(parts) and parts:
+        parts.append(f"and {len(errors) - len(parts)} more problems")
+    return 422, capped(one_line("; ".join(parts) or "invalid request"))
+
+
+def short(value, quote: bool = True) -> str:
+    text = repr(value) if quote else str(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
