@@ -5,11 +5,15 @@ queries together); liveness (/healthz, /readyz, /metrics) answers on the event l
 request and response are in `contract.py`, the middlewares in `middleware.py`, the metrics in `metrics.py`.
 """
 
+import asyncio
 import base64
 import binascii
 import time
+from concurrent.futures import CancelledError
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Callable
+
+import anyio
 
 import fastapi_offline
 from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile
@@ -21,9 +25,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from faclip.errors import FaclipError
 from faclip.models import read_model_info
+from faclip.batching import Caller, on_behalf_of
 from faclip.search import Retriever, check_text_query
-from faclip.serve.contract import (IMAGE_HELP, LOADING, MAX_K, MAX_TEXT_CHARS, HitOut, InfoResponse, SearchRequest,
-                                   SearchResponse, capped, error_responses, one_line, validation_detail)
+from faclip.serve.admission import Admission
+from faclip.serve.contract import (BASE64_SPACE, IMAGE_HELP, LOADING, MAX_K, MAX_TEXT_CHARS, PHOTO_WEIGHT_DESCRIPTION,
+                                   TEXT_DESCRIPTION, TEXT_EMPTY, VISIBLE, HitOut, InfoResponse, SearchRequest,
+                                   SearchResponse, busy, capped, error_responses, one_line, validation_detail)
+from faclip.vqa import check_photo_weight
 from faclip.serve.metrics import Metrics
 from faclip.serve.middleware import BodyLimit, HeadAsGet, RequestLog, SecurityHeaders, allowed_methods
 
@@ -33,17 +41,21 @@ MANIFEST_LISTED = {"factory", "dim", "count", "passage_ids", "docstore_sha256", 
 # script is a file of ours (static/docs.js), so /docs keeps the strict CSP; Swagger UI draws its icons
 # from data: URLs, which img-src allows.
 DOCS_ASSETS = Path(fastapi_offline.__file__).parent / "static"
+MAX_QUEUE_WAIT_S = 2.0  # `faclip serve --max-queue-wait`: seconds of encoding a query may have queued ahead of it
+CLIENT_GONE = 499  # the status logged (never sent: nobody is there) for a query whose client disconnected
 
 
 def create_app(retriever: Retriever | None = None, *, max_upload_mb: float = 10.0,
-               cors_origins: tuple[str, ...] = ()) -> FastAPI:
+               cors_origins: tuple[str, ...] = (), max_queue_wait_s: float = MAX_QUEUE_WAIT_S) -> FastAPI:
     """The FastAPI app over `retriever`; with None it answers /healthz, and 503 to queries, until
-    `set_retriever(app, retriever)` (what `serve` does once the models are loaded)."""
+    `set_retriever(app, retriever)` (what `serve` does once the models are loaded). A query that would wait
+    more than `max_queue_wait_s` of encoding behind those admitted is refused at once (`Admission`)."""
     max_upload = int(max_upload_mb * 1024 * 1024)
     app = FastAPI(title="faclip", summary="Persian food passage retrieval by photo or text", version="0.1.0",
                   docs_url=None, redoc_url=None)
     app.state.retriever, app.state.info, app.state.max_upload_mb = None, None, max_upload_mb
-    app.state.metrics = metrics = Metrics()
+    app.state.admission = admission = Admission(max_queue_wait_s)
+    app.state.metrics = metrics = Metrics(admission)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError):
@@ -71,26 +83,36 @@ def create_app(retriever: Retriever | None = None, *, max_upload_mb: float = 10.
             raise HTTPException(503, detail=LOADING, headers={"Retry-After": "2"})
         return app.state.retriever
 
-    def run(query, k: int, per_dish: int | None, question: str | None = None) -> SearchResponse:
+    async def answer(request: Request, kind: str, search: Callable[[Retriever], list]) -> SearchResponse | Response:
+        """Admit the query or refuse it at once (503, Retry-After); run `search(retriever)` on a worker thread
+        for this client, dropped unencoded if the client disconnects before its batch."""
         retriever = ready()
-        start = time.perf_counter()
-        if question is not None:
-            hits = retriever.ask(query, question, k=k, per_dish=per_dish)
-        elif isinstance(query, bytes):
-            hits = retriever.by_image(query, k=k, per_dish=per_dish)
-        else:
-            hits = retriever.by_text(query, k=k, per_dish=per_dish)
+        retry_after = admission.enter(kind)
+        if retry_after is not None:
+            metrics.shed.labels(kind).inc()
+            raise HTTPException(503, detail=busy(retry_after), headers={"Retry-After": str(retry_after)})
+        caller, start = Caller(), time.perf_counter()
+        watcher = asyncio.ensure_future(_leave_when_disconnected(request.receive, caller))
+        try:
+            hits = await anyio.to_thread.run_sync(_search_for, caller, search, retriever)
+        except CancelledError:  # the client left before its batch: nobody reads this answer
+            metrics.gone.labels(kind).inc()
+            return Response(status_code=CLIENT_GONE)
+        finally:
+            watcher.cancel()
+            admission.leave(kind)
         took_ms = (time.perf_counter() - start) * 1000
         return SearchResponse(hits=[HitOut(**hit.to_dict()) for hit in hits], took_ms=round(took_ms, 2))
 
-    # Plain `def` endpoints: FastAPI runs them in its thread pool, so encoding never blocks the event loop.
+    # Liveness, readiness and metrics are `async`: they run on the event loop, never in the thread pool the
+    # searches wait in, so they answer at once whatever the load.
     @app.get("/healthz")
-    def healthz() -> dict:
+    async def healthz() -> dict:
         """Liveness: the process answers (the models may still be loading; see /readyz)."""
         return {"status": "ok"}
 
     @app.get("/readyz", responses=error_responses(503))
-    def readyz() -> dict:
+    async def readyz() -> dict:
         """Readiness: 200 once the models are loaded and queries are answered, 503 before."""
         ready()
         return {"ready": True}
@@ -98,8 +120,8 @@ def create_app(retriever: Retriever | None = None, *, max_upload_mb: float = 10.
     @app.get("/metrics", response_class=Response,
              responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {"schema": {"type": "string"}}},
                               "description": "Prometheus text exposition format"}})
-    def get_metrics() -> Response:
-        """Request counts by route and status, latency histograms, batch sizes and encode time."""
+    async def get_metrics() -> Response:
+        """Request counts by route and status, latency histograms, batch sizes, encode time, shed queries."""
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/info", responses=error_responses(503))
@@ -109,37 +131,54 @@ def create_app(retriever: Retriever | None = None, *, max_upload_mb: float = 10.
             app.state.info = _info(retriever, max_upload_mb)
         return app.state.info
 
+    # Searches check their input on the event loop, then decode, wait for their batch and search on a worker
+    # thread (`answer`), so encoding never blocks the event loop.
     @app.get("/search", responses=error_responses(413, 422, 503))
-    def search_get(text: Annotated[str, Query(min_length=1, max_length=MAX_TEXT_CHARS, description="e.g. a dish name")],
-                   k: Annotated[int, Query(ge=1, le=MAX_K)] = 5,
-                   per_dish: Annotated[int | None, Query(ge=1)] = None) -> SearchResponse:
+    async def search_get(request: Request,
+                         text: Annotated[str, Query(min_length=1, max_length=MAX_TEXT_CHARS, pattern=VISIBLE,
+                                                    description=TEXT_DESCRIPTION)],
+                         k: Annotated[int, Query(ge=1, le=MAX_K)] = 5,
+                         per_dish: Annotated[int | None, Query(ge=1)] = None) -> SearchResponse:
         """Passages for a text query."""
-        return run(_checked_text(text), k, per_dish)
+        text = _checked_text(text)
+        return await answer(request, "text", lambda retriever: retriever.by_text(text, k=k, per_dish=per_dish))
 
     @app.post("/search", responses=error_responses(400, 413, 422, 503))
-    def search_post(body: SearchRequest) -> SearchResponse:
+    async def search_post(request: Request, body: SearchRequest) -> SearchResponse:
         """Passages for a text, a base64 photo, or both (a question about the photo)."""
         question = None if body.text is None else _checked_text(body.text)
+        ask = _ask_options(body.photo_weight, body.image is not None and question is not None)
         if body.image is None:
-            return run(question, body.k, body.per_dish)
-        return run(_decode_image(body.image, max_upload), body.k, body.per_dish, question)
+            return await answer(request, "text",
+                                lambda retriever: retriever.by_text(question, k=body.k, per_dish=body.per_dish))
+        return await answer(request, "image", lambda retriever: _by_photo(
+            retriever, _decode_image(body.image, max_upload), question, body.k, body.per_dish, ask))
 
     @app.post("/search/image", responses=error_responses(400, 413, 422, 503))
-    def search_image(file: Annotated[UploadFile, File(description="a JPEG/PNG/WebP photo")],
-                     text: Annotated[str | None, Form(min_length=1, max_length=MAX_TEXT_CHARS,
-                                                      description="a question about the photo")] = None,
-                     k: Annotated[int, Query(ge=1, le=MAX_K)] = 5,
-                     per_dish: Annotated[int | None, Query(ge=1)] = None) -> SearchResponse:
+    async def search_image(request: Request,
+                           file: Annotated[UploadFile, File(description="a JPEG/PNG/WebP photo",
+                                                            json_schema_extra={"minLength": 1})],
+                           text: Annotated[str | None, Form(min_length=1, max_length=MAX_TEXT_CHARS, pattern=VISIBLE,
+                                                            description="a question about the photo")] = None,
+                           photo_weight: Annotated[float | None, Form(ge=0, le=1, allow_inf_nan=False,
+                                                                      description=PHOTO_WEIGHT_DESCRIPTION)] = None,
+                           k: Annotated[int, Query(ge=1, le=MAX_K)] = 5,
+                           per_dish: Annotated[int | None, Query(ge=1)] = None) -> SearchResponse:
         """Passages for an uploaded photo (multipart/form-data, field `file`), and a question about it (`text`)."""
         question = None if text is None else _checked_text(text)
+        ask = _ask_options(photo_weight, question is not None)
         if file.size is not None and file.size > max_upload:
             raise HTTPException(413, detail=_too_large(max_upload))
-        data = file.file.read(max_upload + 1)  # the parser spooled it to disk past 1 MB; read at most the cap
-        if len(data) > max_upload:
-            raise HTTPException(413, detail=_too_large(max_upload))
-        if not data:
-            raise HTTPException(422, detail=f"the uploaded file is empty; {IMAGE_HELP}")
-        return run(data, k, per_dish, question)
+
+        def search(retriever: Retriever) -> list:
+            data = file.file.read(max_upload + 1)  # the parser spooled it to disk past 1 MB; read at most the cap
+            if len(data) > max_upload:
+                raise HTTPException(413, detail=_too_large(max_upload))
+            if not data:
+                raise HTTPException(422, detail=f"the uploaded file is empty; {IMAGE_HELP}")
+            return _by_photo(retriever, data, question, k, per_dish, ask)
+
+        return await answer(request, "image", search)
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
@@ -170,9 +209,43 @@ def create_app(retriever: Retriever | None = None, *, max_upload_mb: float = 10.
 def set_retriever(app: FastAPI, retriever: Retriever) -> None:
     """Answer queries with `retriever` from now on: /readyz turns 200, and its batches are measured."""
     metrics: Metrics = app.state.metrics
-    retriever.on_batch = metrics.observe_batch
+    admission: Admission = app.state.admission
+
+    def on_batch(kind: str, size: int, seconds: float) -> None:
+        metrics.observe_batch(kind, size, seconds)
+        admission.observe(kind, size, seconds)
+
+    retriever.on_batch = on_batch
     app.state.retriever = retriever
     metrics.ready.set(1)
+
+async def _leave_when_disconnected(receive, caller: Caller) -> None:
+    # The request's body is read by now: what the connection says next is that the client has gone.
+    while (await receive())["type"] != "http.disconnect":
+        pass
+    caller.leave()
+
+
+def _search_for(caller: Caller, search: Callable[[Retriever], list], retriever: Retriever) -> list:
+    with on_behalf_of(caller):
+        return search(retriever)
+
+
+def _ask_options(photo_weight: float | None, photo_and_question: bool) -> dict:
+    """`Retriever.ask`'s options from a request: `photo_weight` only weighs a photo against a question."""
+    if photo_weight is None:
+        return {}
+    if not photo_and_question:
+        raise HTTPException(422, detail="photo_weight weighs a photo against a question; give both a photo and text")
+    return {"photo_weight": check_photo_weight(photo_weight)}
+
+
+def _by_photo(retriever: Retriever, photo: bytes, question: str | None, k: int, per_dish: int | None,
+              ask: dict) -> list:
+    if question is None:
+        return retriever.by_image(photo, k=k, per_dish=per_dish)
+    return retriever.ask(photo, question, k=k, per_dish=per_dish, **ask)
+
 
 def _info(retriever: Retriever, max_upload_mb: float) -> InfoResponse:
     manifest, info = retriever.manifest, read_model_info(retriever.model_dir)
@@ -195,14 +268,14 @@ def _checked_text(text: str) -> str:
     try:
         check_text_query(text)
     except FaclipError:
-        raise HTTPException(422, detail='text is empty (only spaces or ZWNJ); give a few words, e.g. "قورمه سبزی"')
+        raise HTTPException(422, detail=TEXT_EMPTY)
     return text
 
 
 def _decode_image(data: str, max_upload: int) -> bytes:
     if data.startswith("data:") and "," in data[:100]:
         data = data.split(",", 1)[1]  # data:image/jpeg;base64,....
-    data = "".join(data.split())  # `base64` wraps lines at 76 columns
+    data = data.translate(dict.fromkeys(map(ord, BASE64_SPACE)))  # `base64` wraps lines at 76 columns
     if not data:
         raise HTTPException(422, detail=f"image is empty; {IMAGE_HELP} in base64")
     if len(data) * 3 // 4 > max_upload + 3:

@@ -2,6 +2,9 @@
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from faclip.errors import FaclipError
+from faclip.vqa import check_photo_weight
+
 MAX_K = 100  # a VQA prompt holds a handful of passages; thousands would only load the server
 MAX_TEXT_CHARS = 2000  # queries are a dish name or a question; the model reads max_text_len tokens anyway
 IMAGE_HELP = "give a JPEG/PNG/WebP photo"
@@ -9,6 +12,31 @@ QUERY_HELP = ('send {"text": "قورمه سبزی", "k": 5}, {"image": "<base64 
               '(a question about the photo)')
 MAX_DETAIL_CHARS = 500  # an error body names the first problems and counts the rest: never megabytes
 LOADING = "the server is still loading its models; retry in a few seconds (GET /readyz says when it is ready)"
+TEXT_EMPTY = 'text is empty (only spaces or ZWNJ); give a few words, e.g. "قورمه سبزی"'
+TEXT_DESCRIPTION = "a dish name or a question; at least one visible character (not only spaces, ZWNJ or marks)"
+PHOTO_WEIGHT_DESCRIPTION = ("with a photo and a question only: the photo's share of the score, 0 (the question "
+                            "alone) to 1 (the photo alone); default vqa.photo_weight's (CLI: --photo-weight)")
+
+# What the schema can say of a query, so a generated client knows before it sends:
+# - text: at least one character `normalize_text` keeps, i.e. one that is not whitespace, ZWNJ, a diacritic
+#   or tatweel, an invisible or a control character (faclip.text; a test checks the two agree on every
+#   character). Written as escapes with 4 hex digits, read alike by JSON Schema (ECMA 262), Python and Rust.
+VISIBLE = (r"[^\u0000-\u0020\u007f-\u00a0\u00ad\u034f\u061c\u0640\u064b-\u065f\u0670\u115f\u1160\u1680\u180e"
+           r"\u2000-\u200f\u2028-\u202f\u205f-\u2064\u2066-\u206f\u2800\u3000\u3164\ufeff\uffa0\ufff9-\ufffb"
+           "\U000e0001\U000e0020-\U000e007f]")  # tag characters as themselves (a \\u escape has 4 digits)
+# - image: base64 (RFC 4648, padded), optionally as a data: URL, line breaks and spaces allowed between characters.
+_B64, _SP = "[A-Za-z0-9+/]", r"[ \t\r\n]*"
+BASE64_SPACE = " \t\r\n"
+BASE64 = (f"^(data:[^,]{{0,94}},)?{_SP}(({_B64}{_SP}){{4}})*"
+          f"(({_B64}{_SP}){{4}}|({_B64}{_SP}){{3}}={_SP}|({_B64}{_SP}){{2}}={_SP}={_SP})$")
+MIN_IMAGE_CHARS = 4  # one base64 quantum
+PATTERN_PROBLEM = {"text": TEXT_EMPTY,
+                   "image": "image is not valid base64; send the photo's bytes base64-encoded (a data: URL is accepted too)"}
+
+
+def busy(retry_after: int) -> str:
+    return (f"the server is at capacity (the queries it holds fill its --max-queue-wait); retry in {retry_after} s, "
+            "as Retry-After says")
 
 class ErrorOut(BaseModel):
     """Every 4xx and 503 body: one line saying what was wrong and what to do."""
@@ -20,7 +48,7 @@ def error_responses(*statuses: int) -> dict:
     """OpenAPI `responses` for the error statuses an endpoint can answer, all with the one-line body."""
     what = {400: "the body is not valid JSON (or not valid multipart/form-data, for an upload)", 413: "the body or photo is larger than --max-upload-mb",
             422: "a parameter is out of range, the text is blank after normalisation, or the photo does not decode",
-            503: "the models are still loading"}
+            503: "the models are still loading, or the server is at capacity: retry after `Retry-After` seconds"}
     return {status: {"model": ErrorOut, "description": what[status]} for status in statuses}
 
 
@@ -42,7 +70,7 @@ class SearchResponse(BaseModel):
 
 # The query rule as JSON Schema, for generated clients: text, image, or both (a question about the photo).
 QUERY_RULE = {"anyOf": [{"required": ["text"]}, {"required": ["image"]}]}
-QUERY_FIELDS = {"text", "image", "k", "per_dish"}
+QUERY_FIELDS = {"text", "image", "k", "per_dish", "photo_weight"}
 
 
 class SearchRequest(BaseModel):
@@ -50,11 +78,14 @@ class SearchRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid", json_schema_extra=QUERY_RULE)
 
-    text: str = Field(None, min_length=1, max_length=MAX_TEXT_CHARS, examples=["قورمه سبزی"],
-                      description="a dish name or a question; with `image`, a question about the photo")
-    image: str = Field(None, min_length=1, description="a JPEG/PNG/WebP photo in base64 (a data: URL is accepted too)")
+    text: str = Field(None, min_length=1, max_length=MAX_TEXT_CHARS, pattern=VISIBLE, examples=["قورمه سبزی"],
+                      description=f"{TEXT_DESCRIPTION}; with `image`, a question about the photo")
+    image: str = Field(None, min_length=MIN_IMAGE_CHARS, pattern=BASE64,
+                       description="a JPEG/PNG/WebP photo in base64 (a data: URL is accepted too)")
     k: int = Field(5, ge=1, le=MAX_K, strict=True, description="how many passages")
     per_dish: int = Field(None, ge=1, strict=True, description="keep at most this many passages per dish")
+    photo_weight: float = Field(None, ge=0, le=1, strict=True, allow_inf_nan=False,
+                                description=PHOTO_WEIGHT_DESCRIPTION)
 
     @model_validator(mode="before")
     @classmethod
@@ -116,6 +147,12 @@ def validation_detail(errors, shown: int = 3) -> tuple[int, str]:
             continue
         loc = [short(part, quote=False) for part in error.get("loc", ()) if part not in ("body", "query")]
         msg = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        if error.get("type") == "string_pattern_mismatch" and loc and loc[-1] in PATTERN_PROBLEM:
+            parts.append(PATTERN_PROBLEM[loc[-1]])
+            continue
+        if loc == ["photo_weight"] and "input" in error:  # the CLI's --photo-weight message: one rule, one line
+            parts.append(_photo_weight_problem(error["input"]))
+            continue
         if error.get("type") == "missing" and loc == ["file"]:
             msg = f"no file uploaded; send the photo as multipart/form-data field `file` ({IMAGE_HELP})"
         elif error.get("type") == "extra_forbidden":
@@ -128,6 +165,14 @@ def validation_detail(errors, shown: int = 3) -> tuple[int, str]:
     if len(errors) > len(parts) and parts:
         parts.append(f"and {len(errors) - len(parts)} more problems")
     return 422, capped(one_line("; ".join(parts) or "invalid request"))
+
+
+def _photo_weight_problem(value) -> str:
+    try:
+        check_photo_weight(value)
+    except FaclipError as err:
+        return str(err)
+    return f"photo_weight={short(value)} is invalid; use a number from 0 to 1"  # e.g. "0.5" as a JSON string
 
 
 def short(value, quote: bool = True) -> str:
