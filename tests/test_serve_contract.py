@@ -1,6 +1,7 @@
 """The serving layer in process (FastAPI's TestClient over tiny artifacts): batching, readiness, metrics,
 the OpenAPI contract (schemathesis), /docs offline, bounded error bodies and decode memory, escaped logs."""
 
+import base64
 import io
 import logging
 import os
@@ -11,6 +12,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,6 +22,7 @@ from PIL import Image
 from faclip.batching import Batcher, PixelBudget
 from faclip.search import Query, Retriever
 from faclip.serve import MAX_DETAIL_CHARS, PAGE_CSP, create_app, log_safe, set_retriever
+from faclip.serve.contract import BASE64, VISIBLE
 
 pytestmark = pytest.mark.xdist_group("serve")  # one worker runs them: they share conftest's one server
 
@@ -406,6 +409,49 @@ def test_a_query_whose_client_disconnected_before_its_batch_is_not_encoded(artif
     assert sent[0]["status"] == 499  # logged as the client's doing; nobody reads it
 
 
+# --- photo_weight over HTTP --------------------------------------------------------------------------------
+
+
+def test_photo_weight_over_http_weighs_the_photo_as_the_python_api_does(client, retriever, artifacts):
+    photo = artifacts.photo.read_bytes()
+    question = artifacts.docstore.passage_text.iloc[0][:25]
+    encoded = base64.b64encode(photo).decode()
+    for weight in (0, 0.2, 1):
+        expected = retriever.ask(photo, question, k=4, photo_weight=weight)
+        by_json = client.post("/search", json={"image": encoded, "text": question, "k": 4, "photo_weight": weight})
+        by_form = client.post("/search/image", params={"k": 4}, data={"text": question, "photo_weight": str(weight)},
+                              files={"file": ("p.jpg", photo, "image/jpeg")})
+        for response in (by_json, by_form):
+            assert response.status_code == 200, response.text
+            _same([SimpleNamespace(**h) for h in response.json()["hits"]], expected)
+    alone = [h.passage_id for h in retriever.ask(photo, question, k=4, photo_weight=1)]
+    assert alone != [h.passage_id for h in retriever.ask(photo, question, k=4, photo_weight=0)]  # it mattered
+
+
+@pytest.mark.parametrize("where, weight", [("json", 2), ("json", -0.1), ("json", "0.5"), ("json", True),
+                                           ("form", "2"), ("form", "nan"), ("form", "half")])
+def test_a_bad_photo_weight_is_the_clis_one_line_422(client, artifacts, where, weight):
+    photo = artifacts.photo.read_bytes()
+    if where == "json":
+        response = client.post("/search", json={"image": base64.b64encode(photo).decode(), "text": "آش",
+                                                "photo_weight": weight})
+    else:
+        response = client.post("/search/image", data={"text": "آش", "photo_weight": weight},
+                               files={"file": ("p.jpg", photo, "image/jpeg")})
+    detail = response.json()["detail"]
+    assert response.status_code == 422 and "\n" not in detail, detail
+    assert "photo_weight=" in detail and "from 0 (the question alone) to 1 (the photo alone)" in detail, detail
+
+
+def test_photo_weight_needs_a_photo_and_a_question(client, artifacts):
+    photo = artifacts.photo.read_bytes()
+    for response in (client.post("/search", json={"text": "آش", "photo_weight": 0.5}),
+                     client.post("/search", json={"image": base64.b64encode(photo).decode(), "photo_weight": 0.5}),
+                     client.post("/search/image", data={"photo_weight": "0.5"},
+                                 files={"file": ("p.jpg", photo, "image/jpeg")})):
+        assert response.status_code == 422 and "give both a photo and text" in response.json()["detail"]
+
+
 # --- errors and logs -----------------------------------------------------------------------------------------
 
 
@@ -488,21 +534,58 @@ def test_openapi_declares_the_one_line_errors_and_the_query_rule(app):
     assert request["properties"]["text"]["minLength"] == 1 and request["additionalProperties"] is False
 
 
+def test_openapi_states_every_rule_a_schema_can_state(app):
+    # What a generated client can know before it sends: a visible character in every text, base64 of at
+    # least one quantum for a photo, a non-empty upload, photo_weight in 0..1 and only with a photo and text.
+    spec = app.openapi()
+    request = spec["components"]["schemas"]["SearchRequest"]
+    form_ref = spec["paths"]["/search/image"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]["$ref"]
+    form = spec["components"]["schemas"][form_ref.rsplit("/", 1)[1]]
+    get_text = next(p["schema"] for p in spec["paths"]["/search"]["get"]["parameters"] if p["name"] == "text")
+    form_text = next(s for s in form["properties"]["text"]["anyOf"] if s.get("type") == "string")
+    assert request["properties"]["text"]["pattern"] == get_text["pattern"] == form_text["pattern"] == VISIBLE
+    image = request["properties"]["image"]
+    assert image["pattern"] == BASE64 and image["minLength"] == 4
+    assert form["properties"]["file"]["minLength"] == 1 and form["required"] == ["file"]
+    form_weight = next(s for s in form["properties"]["photo_weight"]["anyOf"] if s.get("type") == "number")
+    for weight in (request["properties"]["photo_weight"], form_weight):
+        assert (weight["type"], weight["minimum"], weight["maximum"]) == ("number", 0, 1)
+    assert {key: set(value) for key, value in request["dependentRequired"].items()} == {"photo_weight": {"image", "text"}}
+    assert form["dependentRequired"] == {"photo_weight": ["text"]}
+
+
+def test_the_text_pattern_holds_exactly_the_texts_normalisation_keeps():
+    # Every character: the schema's "visible" is what `check_text_query` (normalize_text) does not blank.
+    from faclip.text import normalize_text
+
+    visible = re.compile(VISIBLE)
+    code_points = [c for c in range(0x10000) if not 0xD800 <= c <= 0xDFFF] + list(range(0xE0000, 0xE0080))
+    disagree = [f"U+{c:04X}" for c in code_points if bool(visible.search(chr(c))) != bool(normalize_text(chr(c)))]
+    assert disagree == []
+    base64_rule = re.compile(BASE64)
+    for good in ("AAAA", "AA==", "AAA=", "data:image/jpeg;base64,AAAA", "AAAA\nAA==\n", " AA AA "):
+        assert base64_rule.search(good), good
+    for bad in ("A", "AAAAA", "=AAA", "AA=A", "AAAA*", "data:AAAA"):
+        assert not base64_rule.search(bad), bad
+
+
 def test_schemathesis_with_every_check_finds_no_failure(server, tmp_path):
     """`schemathesis run --checks all` against a real server (conftest.py's, shared with the API tests):
     examples, coverage (every method, every bad value, 405s) and fuzzing phases, 20 examples an operation,
-    deterministic; a few seconds."""
+    deterministic; a few seconds. Its positive-data check runs too: every request the schema calls valid is
+    answered, except a photo that does not decode (a 422 that schemathesis_hooks.py checks is that and only that:
+    JSON Schema cannot say "a decodable JPEG"; everything else it can say, /openapi.json says)."""
     import shutil
 
     schemathesis = shutil.which("schemathesis", path=str(Path(sys.executable).parent)) or shutil.which("schemathesis")
     assert schemathesis, "pip install -r requirements-dev.txt"
-    # A body the schema cannot tell from a good one is a documented 422: a photo that does not decode, a text
-    # of only invisible characters (JSON Schema cannot say "a decodable JPEG"). Every other check is as shipped.
     config = tmp_path / "schemathesis.toml"
     config.write_text('[checks.positive_data_acceptance]\nexpected-statuses = ["2xx", "422"]\n', encoding="utf-8")
+    hooks = Path(__file__).with_name("schemathesis_hooks.py")
     result = subprocess.run([schemathesis, "--config-file", str(config), "run", f"{server.url}/openapi.json",
                              "--checks", "all", "--max-examples", "20", "--generation-deterministic"],
-                            capture_output=True, text=True, timeout=300, env={**os.environ, "NO_COLOR": "1"},
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "NO_COLOR": "1", "SCHEMATHESIS_HOOKS": str(hooks)},
                             cwd=tmp_path)  # its .schemathesis/ cache lands there, not in the repository
     assert result.returncode == 0, result.stdout[-8000:] + result.stderr[-2000:]
     assert re.search(r"(\d+) generated, \1 passed", result.stdout), result.stdout[-3000:]  # all passed

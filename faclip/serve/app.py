@@ -160,7 +160,7 @@ def create_app(retriever: Retriever | None = None, *, max_upload_mb: float = 10.
                                                             json_schema_extra={"minLength": 1})],
                            text: Annotated[str | None, Form(min_length=1, max_length=MAX_TEXT_CHARS, pattern=VISIBLE,
                                                             description="a question about the photo")] = None,
-                           photo_weight: Annotated[float | None, Form(ge=0, le=1, allow_inf_nan=False,
+                           photo_weight: Annotated[float, Form(ge=0, le=1, allow_inf_nan=False,
                                                                       description=PHOTO_WEIGHT_DESCRIPTION)] = None,
                            k: Annotated[int, Query(ge=1, le=MAX_K)] = 5,
                            per_dish: Annotated[int | None, Query(ge=1)] = None) -> SearchResponse:
@@ -188,6 +188,16 @@ def create_app(retriever: Retriever | None = None, *, max_upload_mb: float = 10.
     def docs() -> FileResponse:
         return FileResponse(STATIC_DIR / "docs.html", headers={"Cache-Control": "no-cache"})
 
+    spec = app.openapi
+
+    def openapi() -> dict:  # the upload's form says what SearchRequest says: photo_weight needs a question
+        if app.openapi_schema is None:
+            form = spec()["paths"]["/search/image"]["post"]["requestBody"]["content"]["multipart/form-data"]
+            name = form["schema"]["$ref"].rsplit("/", 1)[1]
+            app.openapi_schema["components"]["schemas"][name]["dependentRequired"] = {"photo_weight": ["text"]}
+        return app.openapi_schema
+
+    app.openapi = openapi
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     app.mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS), name="docs-assets")
 

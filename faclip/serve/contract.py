@@ -1,6 +1,8 @@
 """The request and response models of the API, and the one-line error bodies: what /openapi.json states."""
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from typing import Annotated
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 from faclip.errors import FaclipError
 from faclip.vqa import check_photo_weight
@@ -69,8 +71,18 @@ class SearchResponse(BaseModel):
 
 
 # The query rule as JSON Schema, for generated clients: text, image, or both (a question about the photo).
-QUERY_RULE = {"anyOf": [{"required": ["text"]}, {"required": ["image"]}]}
+# photo_weight weighs a photo against a question: it needs both.
+QUERY_RULE = {"anyOf": [{"required": ["text"]}, {"required": ["image"]}],
+              "dependentRequired": {"photo_weight": ["image", "text"]}}
 QUERY_FIELDS = {"text", "image", "k", "per_dish", "photo_weight"}
+
+
+def _whole_float_as_int(value):
+    # JSON Schema's "integer" is any number without a fraction, 5.0 too; a string or a bool is still refused.
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+Whole = Annotated[int, BeforeValidator(_whole_float_as_int)]
 
 
 class SearchRequest(BaseModel):
@@ -82,8 +94,8 @@ class SearchRequest(BaseModel):
                       description=f"{TEXT_DESCRIPTION}; with `image`, a question about the photo")
     image: str = Field(None, min_length=MIN_IMAGE_CHARS, pattern=BASE64,
                        description="a JPEG/PNG/WebP photo in base64 (a data: URL is accepted too)")
-    k: int = Field(5, ge=1, le=MAX_K, strict=True, description="how many passages")
-    per_dish: int = Field(None, ge=1, strict=True, description="keep at most this many passages per dish")
+    k: Whole = Field(5, ge=1, le=MAX_K, strict=True, description="how many passages")
+    per_dish: Whole = Field(None, ge=1, strict=True, description="keep at most this many passages per dish")
     photo_weight: float = Field(None, ge=0, le=1, strict=True, allow_inf_nan=False,
                                 description=PHOTO_WEIGHT_DESCRIPTION)
 
