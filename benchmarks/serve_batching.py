@@ -235,6 +235,8 @@ def main(argv=None) -> None:
     parser.add_argument("--overload-factor", type=float, default=4.0,
                         help="the open-loop rate, as a multiple of the text q/s served at concurrency 32 (default 4)")
     parser.add_argument("--overload-seconds", type=float, default=20.0)
+    parser.add_argument("--overload-only", type=float, default=None, metavar="RATE",
+                        help="run only the open-loop overload, at RATE text queries/s")
     args = parser.parse_args(argv)
 
     print(machine_line(), flush=True)
@@ -247,6 +249,11 @@ def main(argv=None) -> None:
             print(f"building the pipeline with CLIPfa-sized models in {root} (epochs: 0)", flush=True)
             build(root, args.data_root)
         texts, photos = queries(root), sample_photos(args.data_root)
+        if args.overload_only is not None:
+            print(f"load average before: {load_average()}", flush=True)
+            overload(root, texts, args.threads, Path(tmp), rate=args.overload_only, seconds=args.overload_seconds)
+            print(f"load average after: {load_average()}")
+            return
         print(f"load average before: {load_average()}; {len(texts)} texts, {len(photos)} photos; "
               f"--threads {args.threads}", flush=True)
         bare = bare_encoder(root, texts, photos, args.threads)

@@ -12,7 +12,7 @@ import math
 import threading
 
 KINDS = ("text", "image")
-SMOOTHING = 0.2  # the weight of the newest batch in the per-query time: follows load changes within ~10 batches
+SMOOTHING = 0.5  # the weight of the newest batch in the per-query time: follows a change of load within ~3 batches
 
 
 class Admission:
