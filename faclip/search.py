@@ -114,7 +114,7 @@ class Retriever:
         # Built on the first question (~3.5 s per 10k passages on 2 busy cores), so photo and text searches never pay.
         return LexicalIndex(self.passages["passage_text"].tolist(), self.max_len * CHARS_PER_TOKEN_BOUND)
 
-    def start_batching(self, max_batch: int = 32, max_batch_tokens: int = BATCH_TOKENS,
+    def start_batching(self, max_batch: int = 32, *, max_batch_tokens: int = BATCH_TOKENS,
                        max_batch_pixels: int = BATCH_PIXELS, max_wait_ms: float = 0.0) -> None:
         """From now on concurrent `by_text` calls are encoded in one forward pass, and so are the photos of
         concurrent `by_image` / `ask` calls.
