@@ -11,6 +11,8 @@ stops by itself after the last request or after `--max-seconds`. Every answer mu
 anything else is counted as an error and the script exits 1. It prints client-side latency p50/p95/p99
 per kind and overall, requests per second, and the server's own `took_ms` median.
 
+`open_loop()` (used by serve_batching.py) is the overload run: queries on a fixed schedule, whatever the answers.
+
 The client threads run on the same CPUs as the server: on a 2-core machine they take a share of them.
 """
 

@@ -12,11 +12,13 @@
 A hit is `Hit.to_dict()`, the rows `python -m faclip search --json` prints: one code path. Bad input is a
 4xx with `{"detail": one line}` (at most MAX_DETAIL_CHARS), as /openapi.json says; bodies over the upload cap
 get 413 before they are read. HEAD is answered wherever GET is. Concurrent queries are encoded in batches
-(`Retriever.start_batching`). Endpoints only read: nothing the server does changes an artifact.
+(`Retriever.start_batching`); beyond what it can answer in time the server refuses at once (503, Retry-After),
+and liveness never waits. Endpoints only read: nothing the server does changes an artifact.
 
 One concern a file:
     contract.py    the request / response models and the one-line error bodies (/openapi.json)
     app.py         create_app: the routes, answering a query, readiness
+    admission.py   which queries are taken (those answerable within --max-queue-wait) and which refused at once
     middleware.py  body cap, security headers, HEAD as GET, the request log
     metrics.py     the Prometheus metrics
     run.py         serve(): process set-up, the background load, uvicorn
