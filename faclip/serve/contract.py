@@ -32,8 +32,8 @@ BASE64_SPACE = " \t\r\n"
 BASE64 = (f"^(data:[^,]{{0,94}},)?{_SP}(({_B64}{_SP}){{4}})*"
           f"(({_B64}{_SP}){{4}}|({_B64}{_SP}){{3}}={_SP}|({_B64}{_SP}){{2}}={_SP}={_SP})$")
 MIN_IMAGE_CHARS = 4  # one base64 quantum
-PATTERN_PROBLEM = {"text": TEXT_EMPTY,
-                   "image": "image is not valid base64; send the photo's bytes base64-encoded (a data: URL is accepted too)"}
+PATTERN_PROBLEM = {"text": TEXT_EMPTY, "image": "image is not valid base64; send the photo's bytes base64-encoded "
+                                                "(a data: URL is accepted too)"}
 
 
 def busy(retry_after: int) -> str:
