@@ -15,7 +15,16 @@ what the encoder does not use is HTTP, JSON, tokenising, decoding and the client
 
 It prints the two goals of issue #19: served text q/s at concurrency 32 >= 0.8 x the bare batched encoder's, and
 served text p50 at concurrency 1 <= 1.3 x (bare single-query time + the HTTP round trip of GET /healthz).
-The client threads run on the server's CPUs.
+These closed-loop runs start the server with `--max-queue-wait 600`, so that no query is shed and the batching
+path alone is measured.
+
+3. overload, open loop (issue #28): a server with the default flags gets text queries on a fixed schedule at
+   `--overload-factor` x what it answered at concurrency 32, for `--overload-seconds`: answered p50/p99, how
+   many were shed (503) and how fast, any other status, `GET /healthz` latency during the run, and the
+   server's memory before and after. Goals: only 200 or 503, answered p99 within a couple of seconds, shed
+   within 0.2 s, /healthz within 0.5 s, memory flat.
+
+The client threads run on the server's CPUs. `--quick`: concurrency 1 and 32 only, batching on only, no PNG burst.
 """
 
 import argparse
@@ -31,12 +40,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+# As `python -m faclip` does for the server: idle OpenMP threads sleep, or the bare encoder measured in this
+# process spins against everything else on a shared machine (10x slower single queries, measured).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 from machine import load_average, machine_line  # noqa: E402
 from scaling import run_stage, stage_commands, write_run_folder  # noqa: E402
-from serve_load import free_port, run_load, sample_photos, start_server  # noqa: E402
+from serve_load import free_port, open_loop, rss_mib, run_load, sample_photos, start_server  # noqa: E402
 
 PIPELINE = ["prepare", "base", "embed", "train", "index"]
 CONCURRENCY = (1, 8, 32)
@@ -119,12 +131,6 @@ def batch_counters(url: str) -> dict:
                    value("faclip_encode_seconds_sum", kind)) for kind in ("text", "image")}
 
 
-def rss_mib(pid: int) -> tuple[float, float]:
-    """(current, peak) resident memory of a process, MiB (VmRSS, VmHWM)."""
-    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
-    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
-
-
 def png_burst(url: str, pid: int, uploads: int = 8, side: int = 8000) -> None:
     """`uploads` concurrent uploads of a side x side PNG (a few hundred KB, 64 Mpx): the server's memory before/after."""
     import io
@@ -150,16 +156,18 @@ def png_burst(url: str, pid: int, uploads: int = 8, side: int = 8000) -> None:
           f"peak {peak:.0f} -> {peak_after:.0f} MiB (+{peak_after - peak:.0f})", flush=True)
 
 
-def served(root: Path, texts: list[str], photos: list[bytes], threads: int, max_batch: int, tmp: Path) -> list:
+def served(root: Path, texts: list[str], photos: list[bytes], threads: int, max_batch: int, tmp: Path,
+           concurrencies=CONCURRENCY, burst: bool = True) -> list:
     port = free_port()
-    server = start_server(root, port, threads, tmp / f"server_{max_batch}.log", ("--max-batch", str(max_batch)))
+    server = start_server(root, port, threads, tmp / f"server_{max_batch}.log",
+                          ("--max-batch", str(max_batch), "--max-queue-wait", "600"))
     url = f"http://127.0.0.1:{port}"
     rows = []
     try:
         run_load(url, texts, photos, requests=16, concurrency=2, photo_share=0.5, k=5, max_seconds=120)  # warm-up
         http = http_round_trip(url)
         for kind in ("text", "photo"):
-            for concurrency in CONCURRENCY:
+            for concurrency in concurrencies:
                 before = batch_counters(url)
                 requests = max(32, 4 * concurrency) if kind == "text" else max(16, 3 * concurrency)
                 result = run_load(url, texts, photos, requests=requests, concurrency=concurrency,
@@ -177,12 +185,46 @@ def served(root: Path, texts: list[str], photos: list[bytes], threads: int, max_
                       f"p50 {p50:7.1f} ms   p99 {p99:7.1f} ms   mean batch {row['batch']:4.1f}   "
                       f"model busy {row['busy']:4.0%} of the wall time   server took_ms p50 {row['took']:7.1f}   "
                       f"errors {row['errors']}", flush=True)
-        if max_batch > 1:
+        if max_batch > 1 and burst:
             png_burst(url, server.pid)
     finally:
         server.terminate()
         server.wait(timeout=30)
     return rows, http
+
+
+def overload(root: Path, texts: list[str], threads: int, tmp: Path, rate: float, seconds: float) -> dict:
+    """The open-loop run against a server with the default flags (admission control on)."""
+    port = free_port()
+    server = start_server(root, port, threads, tmp / "server_overload.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        run_load(url, texts, [], requests=16, concurrency=2, photo_share=0.0, k=5, max_seconds=120)  # warm-up
+        before = batch_counters(url)["text"]
+        result = open_loop(url, server.pid, texts, rate=rate, seconds=seconds)
+        passes, queries_in, encode_s = (x - y for x, y in zip(batch_counters(url)["text"], before))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    answered, shed = np.array(result["answered"]), np.array(result["shed"])
+    pct = lambda ms: np.percentile(ms, [50, 99]) if len(ms) else (float("nan"),) * 2  # noqa: E731
+    (a50, a99), (s50, s99), (h50, h99) = pct(answered), pct(shed), pct(result["healthz"])
+    (rss0, peak0), (rss1, peak1) = result["memory_before"], result["memory_after"]
+    print(f"  overload: {result['sent']} text queries at {rate:.1f}/s for {seconds:g} s (sent in {result['sent_s']:.1f} s, "
+          f"all answered in {result['wall_s']:.1f} s)\n"
+          f"    answered 200: {len(answered)} ({len(answered) / result['wall_s']:.1f}/s), p50 {a50:.0f} ms, p99 {a99:.0f} ms; "
+          f"mean batch {queries_in / passes if passes else float('nan'):.1f}, encoder busy {encode_s / result['wall_s']:.0%}\n"
+          f"    shed 503: {len(shed)}, p50 {s50:.0f} ms, p99 {s99:.0f} ms, Retry-After "
+          f"{min(result['retry_after'], default=0)}-{max(result['retry_after'], default=0)} s; other statuses: "
+          f"{sorted(set(map(str, result['other']))) or 'none'}\n"
+          f"    /healthz during the run: {len(result['healthz'])} probes, p50 {h50:.1f} ms, p99 {h99:.1f} ms, "
+          f"max {max(result['healthz'], default=float('nan')):.1f} ms\n"
+          f"    server RSS {rss0:.0f} -> {rss1:.0f} MiB, peak {peak0:.0f} -> {peak1:.0f} MiB", flush=True)
+    goals = {"only 200 or 503": not result["other"], "answered p99 <= 2.5 s": a99 <= 2500,
+             "shed p99 <= 0.2 s": s99 <= 200 if len(shed) else True,
+             "/healthz max <= 0.5 s": max(result["healthz"], default=0) <= 500, "memory flat (+<=10 %)": rss1 <= 1.1 * rss0}
+    print("    goals: " + "; ".join(f"{name}: {'met' if ok else 'MISSED'}" for name, ok in goals.items()), flush=True)
+    return result
 
 
 def main(argv=None) -> None:
@@ -192,6 +234,12 @@ def main(argv=None) -> None:
     parser.add_argument("--data-root", type=Path, default=REPO / "data/sample")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
                         help="torch threads, bare and served (default: all cores)")
+    parser.add_argument("--quick", action="store_true", help="concurrency 1 and 32, batching on only, no PNG burst")
+    parser.add_argument("--overload-factor", type=float, default=4.0,
+                        help="the open-loop rate, as a multiple of the text q/s served at concurrency 32 (default 4)")
+    parser.add_argument("--overload-seconds", type=float, default=20.0)
+    parser.add_argument("--overload-only", type=float, default=None, metavar="RATE",
+                        help="run only the open-loop overload, at RATE text queries/s")
     args = parser.parse_args(argv)
 
     print(machine_line(), flush=True)
@@ -204,6 +252,11 @@ def main(argv=None) -> None:
             print(f"building the pipeline with CLIPfa-sized models in {root} (epochs: 0)", flush=True)
             build(root, args.data_root)
         texts, photos = queries(root), sample_photos(args.data_root)
+        if args.overload_only is not None:
+            print(f"load average before: {load_average()}", flush=True)
+            overload(root, texts, args.threads, Path(tmp), rate=args.overload_only, seconds=args.overload_seconds)
+            print(f"load average after: {load_average()}")
+            return
         print(f"load average before: {load_average()}; {len(texts)} texts, {len(photos)} photos; "
               f"--threads {args.threads}", flush=True)
         bare = bare_encoder(root, texts, photos, args.threads)
@@ -211,8 +264,11 @@ def main(argv=None) -> None:
             print(f"  bare {kind:<5} encoder: {single:6.1f} q/s one at a time ({seconds * 1000:.1f} ms), "
                   f"{batched:6.1f} q/s in batches of 32", flush=True)
         results = {}
-        for max_batch in (32, 1):
-            results[max_batch] = served(root, texts, photos, args.threads, max_batch, Path(tmp))
+        for max_batch in (32,) if args.quick else (32, 1):
+            results[max_batch] = served(root, texts, photos, args.threads, max_batch, Path(tmp),
+                                        (1, 32) if args.quick else CONCURRENCY, burst=not args.quick)
+        c32 = next(r["qps"] for r in results[32][0] if (r["kind"], r["concurrency"]) == ("text", 32))
+        overload(root, texts, args.threads, Path(tmp), rate=args.overload_factor * c32, seconds=args.overload_seconds)
         # The CPUs are shared: the encoder again, after, shows how much the machine's load moved meanwhile.
         again = bare_encoder(root, texts, photos, args.threads)
         for kind, (single, batched, seconds) in again.items():

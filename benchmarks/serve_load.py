@@ -11,6 +11,8 @@ stops by itself after the last request or after `--max-seconds`. Every answer mu
 anything else is counted as an error and the script exits 1. It prints client-side latency p50/p95/p99
 per kind and overall, requests per second, and the server's own `took_ms` median.
 
+`open_loop()` (used by serve_batching.py) is the overload run: queries on a fixed schedule, whatever the answers.
+
 The client threads run on the same CPUs as the server: on a 2-core machine they take a share of them.
 """
 
@@ -112,6 +114,70 @@ def run_load(url: str, titles: list[str], photos: list[bytes], *, requests: int,
         rows = [row for row in pool.map(one, plan) if row is not None]
     wall = time.perf_counter() - start
     return {"rows": rows, "wall_s": wall, "errors": errors, "planned": requests}
+
+
+def rss_mib(pid: int) -> tuple[float, float]:
+    """(current, peak) resident memory of a process, MiB (VmRSS, VmHWM)."""
+    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def open_loop(url: str, pid: int, texts: list[str], *, rate: float, seconds: float, k: int = 5,
+              clients: int = 256) -> dict:
+    """Overload, open loop: `GET /search?text=` sent at `rate` per second for `seconds`, on a fixed schedule
+    whatever the answers (up to `clients` in flight), while a probe thread times `GET /healthz` every 0.25 s.
+
+    Returns the answered (200) and shed (503) latencies in ms, any other status, the /healthz latencies, and
+    the server's memory (current, peak MiB) before and after."""
+    memory_before = rss_mib(pid)
+    local, lock = threading.local(), threading.Lock()
+    answered, shed, other, retry_after = [], [], [], []
+
+    def one(text: str) -> None:
+        if not hasattr(local, "client"):
+            local.client = httpx.Client(base_url=url, timeout=120)
+        start = time.perf_counter()
+        try:
+            response = local.client.get("/search", params={"text": text, "k": k})
+            status = response.status_code
+        except httpx.HTTPError as err:
+            status = type(err).__name__
+        ms = (time.perf_counter() - start) * 1000
+        with lock:
+            if status == 200:
+                answered.append(ms)
+            elif status == 503:
+                shed.append(ms)
+                retry_after.append(int(response.headers.get("retry-after", "0")))
+            else:
+                other.append(status)
+
+    healthz: list[float] = []
+    done = threading.Event()
+
+    def probe() -> None:
+        with httpx.Client(base_url=url, timeout=30) as client:
+            while not done.wait(0.25):
+                start = time.perf_counter()
+                client.get("/healthz")
+                healthz.append((time.perf_counter() - start) * 1000)
+
+    prober = threading.Thread(target=probe, daemon=True)
+    prober.start()
+    count = int(rate * seconds)
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=clients) as pool:
+        for i in range(count):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            pool.submit(one, texts[i % len(texts)])
+        sent_s = time.perf_counter() - start
+    done.set()
+    prober.join()
+    return {"sent": count, "sent_s": sent_s, "wall_s": time.perf_counter() - start, "answered": answered,
+            "shed": shed, "other": other, "retry_after": retry_after, "healthz": healthz,
+            "memory_before": memory_before, "memory_after": rss_mib(pid)}
 
 
 def percentiles(ms) -> str:

@@ -53,8 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="torch threads for encoding queries (default: the CPU cores this process may use)")
     serve.add_argument("--max-batch", type=int, default=32, metavar="N",
                        help="encode up to N concurrent queries in one forward pass (default 32; 1: no batching)")
-    serve.add_argument("--max-wait-ms", type=float, default=2.0, metavar="MS",
-                       help="how long a batch waits for more queries once the model is free (default 2 ms)")
+    serve.add_argument("--max-batch-tokens", type=int, default=2048, metavar="T",
+                       help="at most T padded tokens in one forward pass of texts (default 2048)")
+    serve.add_argument("--max-wait-ms", type=float, default=0.0, metavar="MS",
+                       help="how long a batch waits for more queries once the model is free (default 0: it "
+                            "takes what is waiting)")
+    serve.add_argument("--max-queue-wait", type=float, default=2.0, metavar="S",
+                       help="refuse a query at once (503, Retry-After) when those already admitted need more than "
+                            "S seconds of encoding (default 2)")
     serve.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
                        help="let a web page on ORIGIN (e.g. http://localhost:3000) call the API; repeatable")
     add_artifact_arguments(serve)
@@ -88,7 +94,9 @@ NUMBERS = {
     "threads": ("--threads", 1, None, "give at least 1 thread, or leave it out for all cores"),
     "max_upload_mb": ("--max-upload-mb", 1e-6, None, "give a positive size in MB, e.g. 10"),
     "max_batch": ("--max-batch", 1, None, "give 1 (no batching) or more, e.g. 32"),
-    "max_wait_ms": ("--max-wait-ms", 0, 1000, "give 0 to 1000 ms, e.g. 2"),
+    "max_wait_ms": ("--max-wait-ms", 0, 1000, "give 0 to 1000 ms, e.g. 0"),
+    "max_batch_tokens": ("--max-batch-tokens", 1, None, "give at least 1 token, e.g. 2048"),
+    "max_queue_wait": ("--max-queue-wait", 1e-3, None, "give a positive number of seconds, e.g. 2"),
 }
 
 
@@ -171,7 +179,8 @@ def serve_command(args: argparse.Namespace) -> None:
     serve(model_dir=args.model, vision_dir=args.vision, index_dir=args.index, docstore_path=args.docstore,
           lexical_dir=args.lexical,
           host=args.host, port=args.port, max_upload_mb=args.max_upload_mb, threads=args.threads,
-          cors_origins=tuple(args.cors_origin), max_batch=args.max_batch, max_wait_ms=args.max_wait_ms)
+          cors_origins=tuple(args.cors_origin), max_batch=args.max_batch, max_batch_tokens=args.max_batch_tokens,
+          max_wait_ms=args.max_wait_ms, max_queue_wait=args.max_queue_wait)
 
 
 def plots_command(args: argparse.Namespace) -> None:

@@ -27,7 +27,7 @@ import torch
 from faclip.artifacts import DEFAULT_DOCSTORE, DEFAULT_INDEX, DEFAULT_MODEL, DEFAULT_VISION, LEXICAL_DIR_NAME
 from faclip.batching import Batcher, PixelBudget
 from faclip.encode import (CHARS_PER_TOKEN_BOUND, ImageSource, decode_min_side, encode_pixels, encode_texts,
-                           load_rgb, pick_device, preprocess_image)
+                           load_rgb, pick_device, preprocess_image, tokenize)
 from faclip.errors import FaclipError
 from faclip.files import MAX_IMAGE_PIXELS, sha256_dir
 from faclip.index import load_index, search
@@ -42,6 +42,10 @@ logger = logging.getLogger(__name__)
 
 # Pixels being decoded at once, in all threads (about 8 bytes each at the peak of a PNG decode: ~0.5 GB).
 DECODE_BUDGET_PIXELS = MAX_IMAGE_PIXELS
+# A batch's budget when serving: padded tokens (32 question-sized texts, or 4 of 512 tokens), and pixels (32
+# photos at CLIP's 224 x 224).
+BATCH_TOKENS = 2048
+BATCH_PIXELS = 32 * 224 * 224
 
 
 @dataclass(frozen=True)
@@ -114,15 +118,31 @@ class Retriever:
         check_same_vision(self.model_dir, sha256_dir(self.vision_dir), f"the images encoded by {self.vision_dir}")
         return load_vision_model(self.vision_dir, device=self.device)
 
-    def start_batching(self, max_batch: int = 32, max_wait_ms: float = 2.0) -> None:
+    @cached_property
+    def _lexical(self) -> LexicalIndex:
+        # Built on the first question (~3.5 s per 10k passages on 2 busy cores), so photo and text searches never pay.
+        return LexicalIndex(self.passages["passage_text"].tolist(), self.max_len * CHARS_PER_TOKEN_BOUND)
+
+    def start_batching(self, max_batch: int = 32, *, max_batch_tokens: int = BATCH_TOKENS,
+                       max_batch_pixels: int = BATCH_PIXELS, max_wait_ms: float = 0.0) -> None:
         """From now on concurrent `by_text` calls are encoded in one forward pass, and so are the photos of
         concurrent `by_image` / `ask` calls.
 
-        A worker thread per kind runs `search_batch` on what is waiting (up to `max_batch`, topped up for at
-        most `max_wait_ms`). A query's hits do not depend on what it was batched with."""
+        A worker thread per kind runs `search_batch` on what is waiting when the model is free (`Batcher`): at
+        most `max_batch` queries, and at most `max_batch_tokens` padded tokens (texts of similar length go
+        together) or `max_batch_pixels` pixels. A query's hits do not depend on what it was batched with."""
+        budgets = {"text": max_batch_tokens, "image": max_batch_pixels}
         for kind in ("text", "image"):
             self._batchers[kind] = Batcher(lambda queries: self.search_batch(queries), max_batch=max_batch,
-                                           max_wait_ms=max_wait_ms, name=f"faclip-{kind}-batcher")
+                                           budget=budgets[kind], size=self._batch_size, max_wait_ms=max_wait_ms,
+                                           name=f"faclip-{kind}-batcher")
+
+    def _batch_size(self, query: Query) -> int:
+        # What a query takes of its batch's budget: its tokens (on the batcher's thread, the only one that uses
+        # the tokenizer while batching), or its pixels once preprocessed.
+        if query.kind == "text":
+            return len(tokenize(self.tokenizer, [query.text], self.max_len, padding=False)["input_ids"][0])
+        return int(query.pixels.shape[-1] * query.pixels.shape[-2])
 
     def by_image(self, image: ImageSource, k: int = 5, per_dish: int | None = None) -> list[Hit]:
         """The k passages closest to a photo (path, bytes or PIL image); at most `per_dish` per food_id."""

@@ -183,7 +183,7 @@ def _bad_requests(photo: bytes):
         ("post-k-huge", "POST", "/search", {"json": {"text": text, "k": 101}}, 422, "less than or equal to 100"),
         ("post-unknown-field", "POST", "/search", {"json": {"txt": text}}, 422, "unknown field 'txt'"),
         ("post-bad-base64", "POST", "/search", {"json": {"image": "not*base64!"}}, 422, "not valid base64"),
-        ("post-empty-image", "POST", "/search", {"json": {"image": ""}}, 422, "image: String should have at least 1"),
+        ("post-empty-image", "POST", "/search", {"json": {"image": ""}}, 422, "image: String should have at least 4"),
         ("post-null-text", "POST", "/search", {"json": {"text": None, "image": "aGk="}}, 422, "text: Input should be a valid string"),
         ("post-base64-not-image", "POST", "/search", {"json": {"image": b64(b"just some text")}}, 422,
          "cannot read image"),
@@ -329,7 +329,10 @@ def test_serve_refuses_a_stale_index_with_one_line(artifacts, tmp_path):
                                          (["--cors-origin", "*"], "name the origins instead"),
                                          (["--max-batch", "0"], "--max-batch 0 is invalid"),
                                          (["--max-wait-ms", "-1"], "--max-wait-ms -1 is invalid"),
-                                         (["--max-wait-ms", "nan"], "--max-wait-ms nan is invalid")])
+                                         (["--max-wait-ms", "nan"], "--max-wait-ms nan is invalid"),
+                                         (["--max-batch-tokens", "0"], "--max-batch-tokens 0 is invalid"),
+                                         (["--max-queue-wait", "0"], "--max-queue-wait 0 is invalid"),
+                                         (["--max-queue-wait", "inf"], "--max-queue-wait inf is invalid")])
 def test_serve_option_errors_are_one_line(args, words, capsys):
     from faclip.__main__ import main
 

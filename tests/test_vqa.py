@@ -95,7 +95,7 @@ def test_a_bad_question_is_a_named_skip_of_the_question_only(tmp_path, bad, reas
 
 
 def test_a_question_at_the_bound_is_kept_and_the_bound_is_what_serve_accepts(tmp_path):
-    from faclip.serve import MAX_TEXT_CHARS
+    from faclip.serve.contract import MAX_TEXT_CHARS
     assert MAX_QUESTION_CHARS == MAX_TEXT_CHARS  # every stored question can be asked of the server as written
     root = make_raw_dataset(tmp_path / "raw", n_dishes=2, images_per_dish=3)
     longest = "چ" * (MAX_QUESTION_CHARS - 1) + "؟"
