@@ -1,5 +1,5 @@
-"""check_params: validate every key of params.yaml, that DVC can hash data.root, and that a given FAISS
-factory builds, before any stage runs.
+"""check_params: validate every key of params.yaml, that DVC can hash data.root, that `base` can load
+model.text and model.vision, and that a given FAISS factory builds, before any stage runs.
 
 DVC deletes a stage's outputs before it runs the stage, so a bad value found inside a stage has already
 cost that stage's last good outputs. This stage depends on the whole of params.yaml, so it runs first
@@ -20,12 +20,15 @@ from pathlib import Path
 from faclip.errors import FaclipError, run_main
 from faclip.files import NON_UTF8_FIX, NON_UTF8_NAME, escaped_path, unhashable_entries, write_text
 from faclip.index import AUTO, check_factory
-from faclip.params import load_params
+from faclip.params import TINY, load_params, shown
 
 logger = logging.getLogger("stages.check_params")
 
 PASSED = "check_params passed: every key in params.yaml is known and valid, and DVC can hash data.root\n"
 SHOWN = 3
+# What from_pretrained loads weights from (one file, or the index of a sharded set).
+WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+MODEL_FIX = "use 'tiny', a local folder holding a save_pretrained model, or a Hugging Face hub id"
 
 
 def _not_ignored_by_dvc(entries: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -45,7 +48,7 @@ def check_data_root(root: Path) -> None:
     a dangling or looping symlink...): DVC hashes the folder before `prepare` runs, where faclip could
     not stop it."""
     if not root.is_dir():
-        raise FaclipError(f"data.root={str(root)!r} does not exist or is not a folder; set data.root in "
+        raise FaclipError(f"data.root={shown(str(root))} does not exist or is not a folder; set data.root in "
                           f"params.yaml to your folder of JSON files and images, e.g. data/sample")
     bad = unhashable_entries(root)
     if bad:
@@ -60,6 +63,49 @@ def check_data_root(root: Path) -> None:
                           f"list them in .dvcignore{rename}")
 
 
+def _hub_folder(key: str, source: str) -> Path | None:
+    """The cached snapshot folder of hub id `source` when offline (HF_HUB_OFFLINE=1); online, None once its
+    config.json is fetched (`base` downloads the rest)."""
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(source)
+    except ValueError:
+        raise FaclipError(f"{key}={shown(source)} is neither a local folder nor a well-formed Hugging Face hub id "
+                          f"(org/name, letters, digits, '-', '_', '.'); {MODEL_FIX}") from None
+    try:
+        config = hf_hub_download(source, "config.json")
+    except (OSError, ValueError) as err:  # not cached (offline), no such repo, gated, no network...
+        if constants.HF_HUB_OFFLINE:
+            raise FaclipError(f"{key}={shown(source)} is not in the local Hugging Face cache (HF_HUB_OFFLINE=1); "
+                              f"download it once online, or {MODEL_FIX}") from None
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        raise FaclipError(f"{key}={shown(source)}: cannot fetch it from the Hugging Face hub ({reason}); "
+                          f"{MODEL_FIX}") from None
+    return Path(config).parent if constants.HF_HUB_OFFLINE else None
+
+
+def check_model_source(key: str, source: str) -> None:
+    """model.text / model.vision is what `base` can load: 'tiny'; a local folder that holds config.json and
+    weights; or a well-formed hub id that, offline, is in the local cache with its weights."""
+    if source == TINY:
+        return
+    if Path(source).is_dir() or source.startswith((".", "/", "~")):  # as `base` tells a folder from a hub id
+        folder, where = Path(source), "the local folder"
+        if not folder.is_dir():
+            raise FaclipError(f"{key}={shown(source)}: there is no folder at that path; {MODEL_FIX}")
+    else:
+        folder, where = _hub_folder(key, source), "the cached snapshot"
+        if folder is None:
+            return
+    if not (folder / "config.json").is_file():
+        raise FaclipError(f"{key}={shown(source)}: {where} holds no config.json; {MODEL_FIX}")
+    if not any((folder / name).is_file() for name in WEIGHTS):
+        raise FaclipError(f"{key}={shown(source)}: {where} holds no model weights ({', '.join(WEIGHTS)}); "
+                          f"{MODEL_FIX}")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
@@ -67,6 +113,8 @@ def main(argv=None):
 
     params = load_params()  # every key: unknown ones and bad values are one-line errors
     check_data_root(Path(params.data.root))
+    check_model_source("model.text", params.model.text)
+    check_model_source("model.vision", params.model.vision)
     if params.index.factory != AUTO:  # auto builds only factories faclip knows; a given one may crash FAISS
         check_factory(params.index.factory, params.index.nprobe, params.index.efSearch)
     write_text(args.out, PASSED)

@@ -7,6 +7,7 @@ crashed `train`, `efSearch: 1000000000` asked for 4.4 GB in `index`, and FAISS f
 
 import random
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -166,3 +167,64 @@ def test_a_learning_rate_or_weight_decay_that_can_only_diverge_is_refused(raw, n
     with pytest.raises(FaclipError, match=re.escape(named)):
         parse_params(raw)
     parse_params({"learning_rate": 1, "weight_decay": 1})
+
+
+# --- issue 27, class 2: a model id `base` cannot load is refused by the gate, before DVC deletes base's outputs ------
+
+def fake_model(folder: Path, *files: str) -> Path:
+    """A folder holding these (empty) files: what the gate looks for, not a model transformers could load."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        (folder / name).write_text("{}", encoding="utf-8")
+    return folder
+
+
+def fake_hub_cache(cache: Path, repo_id: str, *files: str) -> None:
+    """`repo_id` in a Hugging Face cache at `cache` (HF_HUB_CACHE) as a download leaves it: refs/main names a
+    snapshot folder holding these files."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs/main").write_text(commit, encoding="utf-8")
+    fake_model(repo / "snapshots" / commit, *files)
+
+
+@pytest.fixture
+def model_params(raw, tmp_path, monkeypatch):
+    """params.yaml's text with data.root on `raw`, run against an empty hub cache, offline (as the tests run)."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    fake_hub_cache(tmp_path / "hub", "org/cached", "config.json", "model.safetensors")
+    fake_hub_cache(tmp_path / "hub", "org/config-only", "config.json")
+    fake_model(tmp_path / "models/ok", "config.json", "pytorch_model.bin")
+    fake_model(tmp_path / "models/sharded", "config.json", "model.safetensors.index.json")
+    fake_model(tmp_path / "models/no-weights", "config.json", "tokenizer.json")
+    fake_model(tmp_path / "models/empty")
+    return (REPO / "params.yaml").read_text(encoding="utf-8").replace("data/sample", str(raw))
+
+
+@pytest.mark.parametrize("key, value, named", [
+    ("text", "no-such-org/no-such-model", "model.text='no-such-org/no-such-model' is not in the local Hugging Face "
+                                          "cache (HF_HUB_OFFLINE=1)"),
+    ("vision", "no-such-org/no-such-model", "model.vision='no-such-org/no-such-model' is not in the local Hugging Face"),
+    ("text", "Tiny", "model.text='Tiny' is not in the local Hugging Face cache"),
+    ("text", "org/config-only", "model.text='org/config-only': the cached snapshot holds no model weights"),
+    ("text", "a/b/c", "model.text='a/b/c' is neither a local folder nor a well-formed Hugging Face hub id"),
+    ("vision", "'no such model'", "model.vision='no such model' is neither a local folder nor a well-formed"),
+    ("text", "./models/missing", "model.text='./models/missing': there is no folder at that path"),
+    ("vision", "/no/such/folder", "model.vision='/no/such/folder': there is no folder at that path"),
+    ("text", "models/empty", "model.text='models/empty': the local folder holds no config.json"),
+    ("vision", "models/no-weights", "model.vision='models/no-weights': the local folder holds no model weights"),
+])
+def test_check_params_refuses_a_model_base_cannot_load(model_params, tmp_path, key, value, named):
+    # Before: the gate passed these; `base` failed on them after DVC had deleted models/base/text and vision.
+    error = one_error_line(check_params(tmp_path, with_text(model_params, f"  {key}", f"  {key}: {value}")))
+    assert named in error, error
+
+
+@pytest.mark.parametrize("text, vision", [("org/cached", "tiny"), ("models/ok", "models/sharded"),
+                                          ("tiny", "org/cached")])
+def test_check_params_passes_tiny_a_local_model_folder_and_a_cached_hub_id(model_params, tmp_path, text, vision):
+    params = with_text(with_text(model_params, "  text", f"  text: {text}"), "  vision", f"  vision: {vision}")
+    result = check_params(tmp_path, params)
+    assert result.returncode == 0, result.stderr
