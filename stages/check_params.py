@@ -54,12 +54,12 @@ def check_data_root(root: Path) -> None:
     if bad:
         bad = _not_ignored_by_dvc(bad)
     if bad:
-        shown = "; ".join(f"{escaped_path(path)} ({what})" for path, what in bad[:SHOWN]) + \
+        listed = "; ".join(f"{escaped_path(path)} ({what})" for path, what in bad[:SHOWN]) + \
             (f"; and {len(bad) - SHOWN} more" if len(bad) > SHOWN else "")
         rename = f"; {NON_UTF8_FIX.replace('<folder>', shlex.quote(str(root)))}" \
             if any(what == NON_UTF8_NAME for _, what in bad) else ""
         raise FaclipError(f"data.root holds {len(bad)} entr{'y' if len(bad) == 1 else 'ies'} that DVC cannot hash "
-                          f"(it would hang or fail on them): {shown}; remove them, or (inside the repository) "
+                          f"(it would hang or fail on them): {listed}; remove them, or (inside the repository) "
                           f"list them in .dvcignore{rename}")
 
 
@@ -80,7 +80,7 @@ def _hub_folder(key: str, source: str) -> Path | None:
         if constants.HF_HUB_OFFLINE:
             raise FaclipError(f"{key}={shown(source)} is not in the local Hugging Face cache (HF_HUB_OFFLINE=1); "
                               f"download it once online, or {MODEL_FIX}") from None
-        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        reason = (str(err).strip().split(". ")[0].splitlines() or [type(err).__name__])[0][:160]
         raise FaclipError(f"{key}={shown(source)}: cannot fetch it from the Hugging Face hub ({reason}); "
                           f"{MODEL_FIX}") from None
     return Path(config).parent if constants.HF_HUB_OFFLINE else None
