@@ -21,6 +21,7 @@ from faclip.errors import FaclipError, run_main
 from faclip.files import NON_UTF8_FIX, NON_UTF8_NAME, escaped_path, unhashable_entries, write_text
 from faclip.index import AUTO, check_factory
 from faclip.params import TINY, load_params, shown
+from faclip.prepare import LAYOUT_HINT, find_json_files
 
 logger = logging.getLogger("stages.check_params")
 
@@ -46,7 +47,7 @@ def _not_ignored_by_dvc(entries: list[tuple[str, str]]) -> list[tuple[str, str]]
 def check_data_root(root: Path) -> None:
     """data.root is a folder with nothing in it that DVC's hashing hangs or fails on (a FIFO, a device,
     a dangling or looping symlink...): DVC hashes the folder before `prepare` runs, where faclip could
-    not stop it."""
+    not stop it. It holds a JSON file (whether its records are valid is `prepare`'s to say)."""
     if not root.is_dir():
         raise FaclipError(f"data.root={shown(str(root))} does not exist or is not a folder; set data.root in "
                           f"params.yaml to your folder of JSON files and images, e.g. data/sample")
@@ -61,6 +62,8 @@ def check_data_root(root: Path) -> None:
         raise FaclipError(f"data.root holds {len(bad)} entr{'y' if len(bad) == 1 else 'ies'} that DVC cannot hash "
                           f"(it would hang or fail on them): {listed}; remove them, or (inside the repository) "
                           f"list them in .dvcignore{rename}")
+    if not find_json_files(root):  # `prepare` would find no record, after DVC deleted its outputs
+        raise FaclipError(f"data.root={shown(str(root))} holds no JSON file (*.json, *.jsonl); {LAYOUT_HINT}")
 
 
 def _hub_folder(key: str, source: str) -> Path | None:

@@ -228,3 +228,11 @@ def test_check_params_passes_tiny_a_local_model_folder_and_a_cached_hub_id(model
     params = with_text(with_text(model_params, "  text", f"  text: {text}"), "  vision", f"  vision: {vision}")
     result = check_params(tmp_path, params)
     assert result.returncode == 0, result.stderr
+
+
+def test_check_params_refuses_a_data_root_without_a_json_file(raw, tmp_path):
+    # Before: the gate passed a folder of images alone (the images folder, say); `prepare` then found no pair,
+    # after DVC had deleted the docstore and the pairs.
+    params = (REPO / "params.yaml").read_text(encoding="utf-8").replace("data/sample", str(raw / "dish_00/images"))
+    error = one_error_line(check_params(tmp_path, params))
+    assert "data.root=" in error and "holds no JSON file (*.json, *.jsonl)" in error, error
