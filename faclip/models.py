@@ -30,14 +30,13 @@ from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from faclip.encode import encode_images, encode_texts, pick_device
 from faclip.errors import FaclipError
 from faclip.files import atomic_dir, sha256_file, write_json, write_text
-from faclip.params import TINY, TrainParams
+from faclip.params import TINY, TINY_WIDTH, TrainParams
 from faclip.text import normalize_text
 
 logger = logging.getLogger(__name__)
 
 FACLIP_JSON = "faclip.json"
 TINY_SEED = 0
-TINY_WIDTH = 128  # both tiny encoders output this width, as the real CLIPfa pair both output 768
 TINY_MAX_LEN = 512  # fixed, so editing max_text_len never reruns `base`; training truncates further
 ROBERTA_POSITION_OFFSET = 2  # RoBERTa numbers token positions from padding_idx + 1
 TINY_IMAGE_SIZE = 64

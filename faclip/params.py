@@ -23,6 +23,7 @@ from ruamel.yaml.events import AliasEvent, CollectionEndEvent, CollectionStartEv
 from faclip.errors import FaclipError
 
 TINY = "tiny"
+TINY_WIDTH = 128  # both tiny encoders output this width, as the real CLIPfa pair both output 768
 # The loss's positives: pairs of the same dish, pairs sharing the image (the original project), or
 # each pair alone (plain CLIP).
 POSITIVES = ("dish", "image", "pair")

@@ -12,15 +12,20 @@ Output: --out, a one-line file whose content is constant.
 """
 
 import argparse
+import json
 import logging
 import os
 import shlex
 from pathlib import Path
 
+from huggingface_hub import constants, hf_hub_download
+from huggingface_hub.utils import validate_repo_id
+
 from faclip.errors import FaclipError, run_main
-from faclip.files import NON_UTF8_FIX, NON_UTF8_NAME, escaped_path, unhashable_entries, write_text
+from faclip.files import (NON_UTF8_FIX, NON_UTF8_NAME, RefusedFile, escaped_path, read_regular_file,
+                          unhashable_entries, write_text)
 from faclip.index import AUTO, check_factory
-from faclip.params import TINY, load_params, shown
+from faclip.params import TINY, TINY_WIDTH, load_params, shown
 from faclip.prepare import LAYOUT_HINT, find_json_files
 
 logger = logging.getLogger("stages.check_params")
@@ -30,6 +35,7 @@ SHOWN = 3
 # What from_pretrained loads weights from (one file, or the index of a sharded set).
 WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 MODEL_FIX = "use 'tiny', a local folder holding a save_pretrained model, or a Hugging Face hub id"
+MAX_CONFIG_BYTES = 1 << 20  # a model's config.json (CLIPfa's: 1 KB)
 
 
 def _not_ignored_by_dvc(entries: list[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -66,19 +72,16 @@ def check_data_root(root: Path) -> None:
         raise FaclipError(f"data.root={shown(str(root))} holds no JSON file (*.json, *.jsonl); {LAYOUT_HINT}")
 
 
-def _hub_folder(key: str, source: str) -> Path | None:
-    """The cached snapshot folder of hub id `source` when offline (HF_HUB_OFFLINE=1); online, None once its
-    config.json is fetched (`base` downloads the rest)."""
-    from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.utils import validate_repo_id
-
+def _hub_folder(key: str, source: str) -> Path:
+    """The snapshot folder of hub id `source` in the local cache, holding its config.json: offline
+    (HF_HUB_OFFLINE=1) it must be cached, online config.json is fetched (`base` downloads the rest)."""
     try:
         validate_repo_id(source)
     except ValueError:
         raise FaclipError(f"{key}={shown(source)} is neither a local folder nor a well-formed Hugging Face hub id "
                           f"(org/name, letters, digits, '-', '_', '.'); {MODEL_FIX}") from None
     try:
-        config = hf_hub_download(source, "config.json")
+        return Path(hf_hub_download(source, "config.json")).parent
     except (OSError, ValueError) as err:  # not cached (offline), no such repo, gated, no network...
         if constants.HF_HUB_OFFLINE:
             raise FaclipError(f"{key}={shown(source)} is not in the local Hugging Face cache (HF_HUB_OFFLINE=1); "
@@ -86,27 +89,54 @@ def _hub_folder(key: str, source: str) -> Path | None:
         reason = (str(err).strip().split(". ")[0].splitlines() or [type(err).__name__])[0][:160]
         raise FaclipError(f"{key}={shown(source)}: cannot fetch it from the Hugging Face hub ({reason}); "
                           f"{MODEL_FIX}") from None
-    return Path(config).parent if constants.HF_HUB_OFFLINE else None
 
 
-def check_model_source(key: str, source: str) -> None:
-    """model.text / model.vision is what `base` can load: 'tiny'; a local folder that holds config.json and
-    weights; or a well-formed hub id that, offline, is in the local cache with its weights."""
+def model_config(key: str, source: str) -> dict | None:
+    """The config.json of what model.text / model.vision names, once it is known `base` can load it: a local
+    folder holding config.json and weights, or a well-formed hub id that offline is cached with its weights.
+    None for 'tiny'."""
     if source == TINY:
-        return
+        return None
     if Path(source).is_dir() or source.startswith((".", "/", "~")):  # as `base` tells a folder from a hub id
-        folder, where = Path(source), "the local folder"
+        folder, where, has_weights = Path(source), "the local folder", True
         if not folder.is_dir():
             raise FaclipError(f"{key}={shown(source)}: there is no folder at that path; {MODEL_FIX}")
-    else:
-        folder, where = _hub_folder(key, source), "the cached snapshot"
-        if folder is None:
-            return
+    else:  # online, `base` downloads the weights
+        folder, where, has_weights = _hub_folder(key, source), "the cached snapshot", constants.HF_HUB_OFFLINE
     if not (folder / "config.json").is_file():
         raise FaclipError(f"{key}={shown(source)}: {where} holds no config.json; {MODEL_FIX}")
-    if not any((folder / name).is_file() for name in WEIGHTS):
+    if has_weights and not any((folder / name).is_file() for name in WEIGHTS):
         raise FaclipError(f"{key}={shown(source)}: {where} holds no model weights ({', '.join(WEIGHTS)}); "
                           f"{MODEL_FIX}")
+    try:
+        config = json.loads(read_regular_file(folder / "config.json", None, MAX_CONFIG_BYTES))
+    except (RefusedFile, ValueError, RecursionError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        reason = err.detail if isinstance(err, RefusedFile) else f"not JSON: {type(err).__name__}"
+        raise FaclipError(f"{key}={shown(source)}: its config.json cannot be read ({reason}); {MODEL_FIX}") from None
+    if not isinstance(config, dict):
+        raise FaclipError(f"{key}={shown(source)}: its config.json is not a JSON object; {MODEL_FIX}")
+    return config
+
+
+def model_width(config: dict | None, key: str) -> int | None:
+    """The width of the vectors faclip encodes with the model (its pooled output: hidden_size, of a full CLIP
+    config's vision_config for a vision model), or None when the config does not say."""
+    if config is None:
+        return TINY_WIDTH
+    if key == "model.vision" and isinstance(config.get("vision_config"), dict):
+        config = config["vision_config"]
+    width = config.get("hidden_size")
+    return width if isinstance(width, int) and not isinstance(width, bool) else None
+
+
+def check_models(text: str, vision: str) -> None:
+    """`base` can load both models, and they output vectors of one width (it would refuse them, after DVC
+    deleted its outputs)."""
+    widths = [model_width(model_config(key, source), key) for key, source in (("model.text", text),
+                                                                             ("model.vision", vision))]
+    if None not in widths and widths[0] != widths[1]:
+        raise FaclipError(f"model.text={shown(text)} outputs {widths[0]}-d vectors but model.vision={shown(vision)} "
+                          f"outputs {widths[1]}-d; pick a text/vision pair of one width")
 
 
 def main(argv=None):
@@ -116,8 +146,7 @@ def main(argv=None):
 
     params = load_params()  # every key: unknown ones and bad values are one-line errors
     check_data_root(Path(params.data.root))
-    check_model_source("model.text", params.model.text)
-    check_model_source("model.vision", params.model.vision)
+    check_models(params.model.text, params.model.vision)
     if params.index.factory != AUTO:  # auto builds only factories faclip knows; a given one may crash FAISS
         check_factory(params.index.factory, params.index.nprobe, params.index.efSearch)
     write_text(args.out, PASSED)

@@ -171,11 +171,12 @@ def test_a_learning_rate_or_weight_decay_that_can_only_diverge_is_refused(raw, n
 
 # --- issue 27, class 2: a model id `base` cannot load is refused by the gate, before DVC deletes base's outputs ------
 
-def fake_model(folder: Path, *files: str) -> Path:
-    """A folder holding these (empty) files: what the gate looks for, not a model transformers could load."""
+def fake_model(folder: Path, *files: str, config: str = "{}") -> Path:
+    """A folder holding these files (`config` in config.json, `{}` in the others): what the gate reads, not a
+    model transformers could load."""
     folder.mkdir(parents=True, exist_ok=True)
     for name in files:
-        (folder / name).write_text("{}", encoding="utf-8")
+        (folder / name).write_text(config if name == "config.json" else "{}", encoding="utf-8")
     return folder
 
 
@@ -200,6 +201,13 @@ def model_params(raw, tmp_path, monkeypatch):
     fake_model(tmp_path / "models/sharded", "config.json", "model.safetensors.index.json")
     fake_model(tmp_path / "models/no-weights", "config.json", "tokenizer.json")
     fake_model(tmp_path / "models/empty")
+    fake_model(tmp_path / "models/vision-768", "config.json", "model.safetensors",
+               config='{"model_type": "clip_vision_model", "hidden_size": 768}')
+    fake_model(tmp_path / "models/clip-768", "config.json", "model.safetensors",
+               config='{"model_type": "clip", "text_config": {"hidden_size": 512}, "vision_config": {"hidden_size": 768}}')
+    fake_model(tmp_path / "models/text-768", "config.json", "model.safetensors", config='{"hidden_size": 768}')
+    fake_model(tmp_path / "models/not-json", "config.json", "model.safetensors", config='{"hidden_size": 7')
+    fake_model(tmp_path / "models/a-list", "config.json", "model.safetensors", config="[]")
     return (REPO / "params.yaml").read_text(encoding="utf-8").replace("data/sample", str(raw))
 
 
@@ -215,6 +223,11 @@ def model_params(raw, tmp_path, monkeypatch):
     ("vision", "/no/such/folder", "model.vision='/no/such/folder': there is no folder at that path"),
     ("text", "models/empty", "model.text='models/empty': the local folder holds no config.json"),
     ("vision", "models/no-weights", "model.vision='models/no-weights': the local folder holds no model weights"),
+    ("vision", "models/vision-768", "model.text='tiny' outputs 128-d vectors but model.vision='models/vision-768' "
+                                    "outputs 768-d; pick a text/vision pair of one width"),
+    ("text", "models/text-768", "model.text='models/text-768' outputs 768-d vectors but model.vision='tiny' outputs"),
+    ("text", "models/not-json", "model.text='models/not-json': its config.json cannot be read (not JSON: "),
+    ("vision", "models/a-list", "model.vision='models/a-list': its config.json is not a JSON object"),
 ])
 def test_check_params_refuses_a_model_base_cannot_load(model_params, tmp_path, key, value, named):
     # Before: the gate passed these; `base` failed on them after DVC had deleted models/base/text and vision.
@@ -223,7 +236,8 @@ def test_check_params_refuses_a_model_base_cannot_load(model_params, tmp_path, k
 
 
 @pytest.mark.parametrize("text, vision", [("org/cached", "tiny"), ("models/ok", "models/sharded"),
-                                          ("tiny", "org/cached")])
+                                          ("tiny", "org/cached"), ("models/text-768", "models/vision-768"),
+                                          ("models/text-768", "models/clip-768")])
 def test_check_params_passes_tiny_a_local_model_folder_and_a_cached_hub_id(model_params, tmp_path, text, vision):
     params = with_text(with_text(model_params, "  text", f"  text: {text}"), "  vision", f"  vision: {vision}")
     result = check_params(tmp_path, params)
