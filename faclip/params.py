@@ -24,6 +24,7 @@ from faclip.errors import FaclipError
 
 TINY = "tiny"
 TINY_WIDTH = 128  # both tiny encoders output this width, as the real CLIPfa pair both output 768
+ROBERTA_POSITION_OFFSET = 2  # RoBERTa numbers token positions from padding_idx + 1
 # The loss's positives: pairs of the same dish, pairs sharing the image (the original project), or
 # each pair alone (plain CLIP).
 POSITIVES = ("dish", "image", "pair")
@@ -91,6 +92,15 @@ NUM_WORKERS_MAX = 256  # decode processes per embed process
 # evaluate ranks every query this deep (and deeper for a larger k: (queries x k) hits, and chance recall@k
 # as a ratio of binomials C(N, k), which for k ~ N / 2 of a large docstore takes minutes per query).
 EVAL_K_LIMIT = 1000
+
+
+def position_limit(config) -> int | None:
+    """The longest token sequence a text model's position table holds (None if it has no table), from its
+    config (a transformers config, or config.json as a SimpleNamespace: the gate checks max_text_len by it)."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is None:
+        return None
+    return positions - ROBERTA_POSITION_OFFSET if getattr(config, "model_type", "") == "roberta" else positions
 
 
 @dataclass(frozen=True)

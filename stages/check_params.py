@@ -17,6 +17,7 @@ import logging
 import os
 import shlex
 from pathlib import Path
+from types import SimpleNamespace
 
 from huggingface_hub import constants, hf_hub_download
 from huggingface_hub.utils import validate_repo_id
@@ -25,7 +26,7 @@ from faclip.errors import FaclipError, run_main
 from faclip.files import (NON_UTF8_FIX, NON_UTF8_NAME, RefusedFile, escaped_path, read_regular_file,
                           unhashable_entries, write_text)
 from faclip.index import AUTO, check_factory
-from faclip.params import TINY, TINY_WIDTH, load_params, shown
+from faclip.params import TINY, TINY_WIDTH, ModelParams, load_params, position_limit, shown
 from faclip.prepare import LAYOUT_HINT, find_json_files
 
 logger = logging.getLogger("stages.check_params")
@@ -118,6 +119,10 @@ def model_config(key: str, source: str) -> dict | None:
     return config
 
 
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def model_width(config: dict | None, key: str) -> int | None:
     """The width of the vectors faclip encodes with the model (its pooled output: hidden_size, of a full CLIP
     config's vision_config for a vision model), or None when the config does not say."""
@@ -125,18 +130,22 @@ def model_width(config: dict | None, key: str) -> int | None:
         return TINY_WIDTH
     if key == "model.vision" and isinstance(config.get("vision_config"), dict):
         config = config["vision_config"]
-    width = config.get("hidden_size")
-    return width if isinstance(width, int) and not isinstance(width, bool) else None
+    return config["hidden_size"] if _whole(config.get("hidden_size")) else None
 
 
-def check_models(text: str, vision: str) -> None:
-    """`base` can load both models, and they output vectors of one width (it would refuse them, after DVC
-    deleted its outputs)."""
-    widths = [model_width(model_config(key, source), key) for key, source in (("model.text", text),
-                                                                             ("model.vision", vision))]
+def check_models(model: ModelParams, max_text_len: int) -> None:
+    """`base` can load both models, they output vectors of one width, and max_text_len fits the text model's
+    position table: else `base` or `train` would refuse them, after DVC deleted their outputs."""
+    text, vision = model_config("model.text", model.text), model_config("model.vision", model.vision)
+    widths = model_width(text, "model.text"), model_width(vision, "model.vision")
     if None not in widths and widths[0] != widths[1]:
-        raise FaclipError(f"model.text={shown(text)} outputs {widths[0]}-d vectors but model.vision={shown(vision)} "
-                          f"outputs {widths[1]}-d; pick a text/vision pair of one width")
+        raise FaclipError(f"model.text={shown(model.text)} outputs {widths[0]}-d vectors but model.vision="
+                          f"{shown(model.vision)} outputs {widths[1]}-d; pick a text/vision pair of one width")
+    if text is not None and _whole(text.get("max_position_embeddings")):
+        limit = position_limit(SimpleNamespace(**text))
+        if max_text_len > limit:
+            raise FaclipError(f"params.yaml: max_text_len={max_text_len} is too long for model.text="
+                              f"{shown(model.text)}; use at most {limit}")
 
 
 def main(argv=None):
@@ -146,7 +155,7 @@ def main(argv=None):
 
     params = load_params()  # every key: unknown ones and bad values are one-line errors
     check_data_root(Path(params.data.root))
-    check_models(params.model.text, params.model.vision)
+    check_models(params.model, params.train.max_text_len)
     if params.index.factory != AUTO:  # auto builds only factories faclip knows; a given one may crash FAISS
         check_factory(params.index.factory, params.index.nprobe, params.index.efSearch)
     write_text(args.out, PASSED)

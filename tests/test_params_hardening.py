@@ -206,6 +206,8 @@ def model_params(raw, tmp_path, monkeypatch):
     fake_model(tmp_path / "models/clip-768", "config.json", "model.safetensors",
                config='{"model_type": "clip", "text_config": {"hidden_size": 512}, "vision_config": {"hidden_size": 768}}')
     fake_model(tmp_path / "models/text-768", "config.json", "model.safetensors", config='{"hidden_size": 768}')
+    fake_model(tmp_path / "models/text-64", "config.json", "model.safetensors",
+               config='{"model_type": "roberta", "hidden_size": 128, "max_position_embeddings": 66}')
     fake_model(tmp_path / "models/not-json", "config.json", "model.safetensors", config='{"hidden_size": 7')
     fake_model(tmp_path / "models/a-list", "config.json", "model.safetensors", config="[]")
     return (REPO / "params.yaml").read_text(encoding="utf-8").replace("data/sample", str(raw))
@@ -228,6 +230,7 @@ def model_params(raw, tmp_path, monkeypatch):
     ("text", "models/text-768", "model.text='models/text-768' outputs 768-d vectors but model.vision='tiny' outputs"),
     ("text", "models/not-json", "model.text='models/not-json': its config.json cannot be read (not JSON: "),
     ("vision", "models/a-list", "model.vision='models/a-list': its config.json is not a JSON object"),
+    ("text", "models/text-64", "max_text_len=128 is too long for model.text='models/text-64'; use at most 64"),
 ])
 def test_check_params_refuses_a_model_base_cannot_load(model_params, tmp_path, key, value, named):
     # Before: the gate passed these; `base` failed on them after DVC had deleted models/base/text and vision.
