@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from conftest import E2E_EPOCHS, REPO
+from test_params_hardening import alias_bomb
 from repo_utils import dvc, dvc_status, git, private_copy, ran_stages, raw_data_repo, tool_env
 from test_dvc_workflows import assert_status_clean, tree_digest
 
@@ -166,11 +167,21 @@ def gate_repo(root: Path) -> Path:
     return repo
 
 
-def test_a_refused_edit_leaves_dvc_status_as_it_was_once_params_yaml_is_restored(tmp_path):
+@pytest.fixture(scope="module")
+def gate(tmp_path_factory) -> Path:
+    """gate_repo, built once for this module's tests: take a private_copy to change it."""
+    return gate_repo(tmp_path_factory.mktemp("gate"))
+
+
+def gate_outputs(repo: Path) -> dict[str, bytes]:
+    return {name: (repo / name).read_bytes() for name in ("metrics/params.checked", "after.txt")}
+
+
+def test_a_refused_edit_leaves_dvc_status_as_it_was_once_params_yaml_is_restored(gate, tmp_path):
     # Before: DVC deleted the gate's output before running it, so after any refused edit every stage looked
     # changed until the next `dvc repro`, even with params.yaml restored.
-    repo = gate_repo(tmp_path)
-    outputs = {name: (repo / name).read_bytes() for name in ("metrics/params.checked", "after.txt")}
+    repo = private_copy(gate, tmp_path)
+    before = gate_outputs(repo)
     for edits, named in [([("epochs", "epochs: -1")], "epochs=-1 is invalid"),
                          ([("  root", "  root: /no/such/folder")], "data.root='/no/such/folder' does not exist"),
                          ([("  text", "  text: no-such-org/no-such-model")], "is not in the local Hugging Face cache"),
@@ -180,24 +191,32 @@ def test_a_refused_edit_leaves_dvc_status_as_it_was_once_params_yaml_is_restored
         result = dvc(repo, "repro", check=False)
         errors = faclip_errors(result)
         assert result.returncode != 0 and len(errors) == 1 and named in errors[0], result.stdout + result.stderr
-        assert {name: (repo / name).read_bytes() for name in outputs} == outputs
+        assert gate_outputs(repo) == before
         assert set(dvc_status(repo)) == {"check_params"}  # only the gate's params changed
         git(repo, "checkout", "params.yaml")
         assert dvc_status(repo) == {}, named
 
 
-def test_dvc_reads_an_alias_bomb_before_the_gate_and_stopping_it_loses_nothing(tmp_path):
-    # README, "When things go wrong": DVC expands params.yaml's aliases itself, before any stage runs (the gate
-    # refuses any alias, but never gets to run): it takes minutes and gigabytes; stopped, nothing is lost.
-    from test_params_hardening import alias_bomb
-
-    repo = gate_repo(tmp_path)
-    outputs = {name: (repo / name).read_bytes() for name in ("metrics/params.checked", "after.txt")}
-    edit_params(repo, "  k", "  k: " + alias_bomb())
-    with pytest.raises(subprocess.TimeoutExpired) as stopped:
-        subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=repo, env=dict(tool_env(), PYTHONPATH=str(repo)),
-                       capture_output=True, text=True, timeout=15)
-    assert ran_stages((stopped.value.stdout or b"").decode()) == set()
-    assert {name: (repo / name).read_bytes() for name in outputs} == outputs
+@pytest.mark.parametrize("key, line, dvc_says", [
+    ("  k", "  k: " + "[" * 100_000 + "]" * 100_000, "ERROR: unexpected error - maximum recursion depth exceeded"),
+    ("epochs", "epochs: " + "9" * 5000, "ERROR: unexpected error - Exceeds the limit (4300 digits)"),
+    ("  k", "  k: " + alias_bomb(), None),  # DVC expands it for minutes, gigabytes: stopped after 15 s
+], ids=["nested 100000 deep", "5000 digits", "alias bomb"])
+def test_dvc_parses_params_yaml_before_the_gate_and_stopping_on_hostile_yaml_loses_nothing(gate, tmp_path, key, line,
+                                                                                          dvc_says):
+    # README, "When things go wrong": under `dvc repro` these never reach the gate (which refuses each in one
+    # line when run itself: test_params_hardening.py); DVC stops, or is stopped, and nothing is lost.
+    repo = private_copy(gate, tmp_path)
+    before = gate_outputs(repo)
+    edit_params(repo, key, line)
+    try:
+        result = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=repo, capture_output=True, text=True,
+                                env=dict(tool_env(), PYTHONPATH=str(repo)), timeout=15)
+        assert dvc_says is not None and result.returncode != 0 and dvc_says in result.stderr, result.stderr
+        output = result.stdout
+    except subprocess.TimeoutExpired as stopped:
+        assert dvc_says is None
+        output = (stopped.stdout or b"").decode()
+    assert ran_stages(output) == set() and gate_outputs(repo) == before
     git(repo, "checkout", "params.yaml")
     assert dvc_status(repo) == {}
