@@ -229,8 +229,8 @@ def _unknown_key(key, known: list[str], where: str, also: str = "") -> FaclipErr
     name = f"{where}{_key_name(key)}"
     close = difflib.get_close_matches(name[:MAX_CHARS], [f"{where}{k}" for k in known], n=1, cutoff=0.6)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return FaclipError(f"params.yaml: unknown key {shown(name)}{hint}; the known {where.rstrip('.') or 'top-level'} keys "
-                       f"are {', '.join(f'{where}{k}' for k in known)}{also}")
+    return FaclipError(f"params.yaml: unknown key {shown(name)}{hint}; the known {where.rstrip('.') or 'top-level'} "
+                       f"keys are {', '.join(f'{where}{k}' for k in known)}{also}")
 
 
 def _build(cls, values: dict, where: str, also: str = ""):

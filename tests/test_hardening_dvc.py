@@ -23,8 +23,8 @@ pytestmark = pytest.mark.e2e
 
 # What a failed run must leave exactly as it was (every stage's outputs, metrics included, and the gate's own:
 # it persists, so a refused edit costs nothing once params.yaml is restored).
-KEPT = ["metrics/params.checked", "data/docstore.parquet", "data/training_pairs.csv", "data/prepare_skips.csv", "data/image_embeddings",
-        "models/base/text", "models/base/vision", "models/finetuned", "models/index", "metrics/prepare.json",
+KEPT = ["metrics/params.checked", "data/docstore.parquet", "data/training_pairs.csv", "data/prepare_skips.csv",
+        "data/image_embeddings", "models/base/text", "models/base/vision", "models/finetuned", "models/index", "metrics/prepare.json",
         "metrics/train.json", "metrics/train", "metrics/eval.json", "metrics/headline.json", "metrics/eval_plots"]
 
 

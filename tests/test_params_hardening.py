@@ -204,7 +204,8 @@ def model_params(raw, tmp_path, monkeypatch):
     fake_model(tmp_path / "models/vision-768", "config.json", "model.safetensors",
                config='{"model_type": "clip_vision_model", "hidden_size": 768}')
     fake_model(tmp_path / "models/clip-768", "config.json", "model.safetensors",
-               config='{"model_type": "clip", "text_config": {"hidden_size": 512}, "vision_config": {"hidden_size": 768}}')
+               config='{"model_type": "clip", "text_config": {"hidden_size": 512}, '
+                      '"vision_config": {"hidden_size": 768}}')
     fake_model(tmp_path / "models/text-768", "config.json", "model.safetensors", config='{"hidden_size": 768}')
     fake_model(tmp_path / "models/text-64", "config.json", "model.safetensors",
                config='{"model_type": "roberta", "hidden_size": 128, "max_position_embeddings": 66}')
@@ -216,7 +217,7 @@ def model_params(raw, tmp_path, monkeypatch):
 @pytest.mark.parametrize("key, value, named", [
     ("text", "no-such-org/no-such-model", "model.text='no-such-org/no-such-model' is not in the local Hugging Face "
                                           "cache (HF_HUB_OFFLINE=1)"),
-    ("vision", "no-such-org/no-such-model", "model.vision='no-such-org/no-such-model' is not in the local Hugging Face"),
+    ("vision", "no-such-org/no-such-model", "model.vision='no-such-org/no-such-model' is not in the local Hugging"),
     ("text", "Tiny", "model.text='Tiny' is not in the local Hugging Face cache"),
     ("text", "org/config-only", "model.text='org/config-only': the cached snapshot holds no model weights"),
     ("text", "a/b/c", "model.text='a/b/c' is neither a local folder nor a well-formed Hugging Face hub id"),
