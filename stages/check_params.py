@@ -142,7 +142,8 @@ def check_models(model: ModelParams, max_text_len: int) -> None:
         raise FaclipError(f"model.text={shown(model.text)} outputs {widths[0]}-d vectors but model.vision="
                           f"{shown(model.vision)} outputs {widths[1]}-d; pick a text/vision pair of one width")
     if text is not None and _whole(text.get("max_position_embeddings")):
-        limit = position_limit(SimpleNamespace(**text))
+        limit = position_limit(SimpleNamespace(max_position_embeddings=text["max_position_embeddings"],
+                                               model_type=text.get("model_type")))
         if max_text_len > limit:
             raise FaclipError(f"params.yaml: max_text_len={max_text_len} is too long for model.text="
                               f"{shown(model.text)}; use at most {limit}")
