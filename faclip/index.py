@@ -32,6 +32,7 @@ import numpy as np
 from faclip.errors import FaclipError, outputs_hint
 from faclip.files import atomic_dir, sha256_file, write_json
 from faclip.metrics import hits_from_ids
+from faclip.params import shown
 from faclip.tables import load_docstore, load_pairs, passage_ids_sha256
 
 # faclip.embed and faclip.models (torch, transformers: ~10 s to import on busy cores) are imported where
@@ -477,16 +478,16 @@ def probe_factory(factory: str, nprobe: int | None, efSearch: int | None) -> Non
 def check_factory(factory: str, nprobe: int | None = None, efSearch: int | None = None) -> None:
     """`probe_factory` in a subprocess: a factory that FAISS aborts or crashes on (HNSW0, HNSW1) is a
     one-line FaclipError here, before DVC deletes the index stage's outputs, not a dead index stage."""
-    code = ("import sys; from faclip.errors import run_main; from faclip.index import probe_factory; "
-            "run_main(lambda: probe_factory(sys.argv[1], *(None if a == 'null' else int(a) for a in sys.argv[2:])))")
+    # The factory and knobs go on stdin, never on the command line (a NUL or a long string would not fit there).
+    code = ("import json, sys; from faclip.errors import run_main; from faclip.index import probe_factory; "
+            "run_main(lambda: probe_factory(*json.load(sys.stdin)))")
     package_root = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
-    args = [factory, *("null" if knob is None else str(knob) for knob in (nprobe, efSearch))]
     try:
-        result = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, env=env,
-                                timeout=PROBE_TIMEOUT_S)
+        result = subprocess.run([sys.executable, "-c", code], input=json.dumps([factory, nprobe, efSearch]),
+                                capture_output=True, text=True, env=env, timeout=PROBE_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        raise FaclipError(f"index.factory={factory!r} did not build {PROBE_VECTORS} random vectors in "
+        raise FaclipError(f"index.factory={shown(factory)} did not build {PROBE_VECTORS} random vectors in "
                           f"{PROBE_TIMEOUT_S} s; use auto, Flat, HNSW32 or IVF<n>,Flat") from None
     errors = [line for line in result.stderr.splitlines() if line.startswith("faclip error: ")]
     if result.returncode == 2 and errors:
@@ -496,5 +497,5 @@ def check_factory(factory: str, nprobe: int | None = None, efSearch: int | None 
                else f"failed with exit status {result.returncode}")
         lines = result.stderr.strip().splitlines()
         detail = f": {lines[-1][:160]}" if lines else ""
-        raise FaclipError(f"index.factory={factory!r}: FAISS {how} building it on {PROBE_VECTORS} random vectors"
+        raise FaclipError(f"index.factory={shown(factory)}: FAISS {how} building it on {PROBE_VECTORS} random vectors"
                           f"{detail}; use auto, Flat, HNSW32 or IVF<n>,Flat")

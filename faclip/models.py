@@ -30,16 +30,14 @@ from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from faclip.encode import encode_images, encode_texts, pick_device
 from faclip.errors import FaclipError
 from faclip.files import atomic_dir, sha256_file, write_json, write_text
-from faclip.params import TINY, TrainParams
+from faclip.params import ROBERTA_POSITION_OFFSET, TINY, TINY_WIDTH, TrainParams, position_limit
 from faclip.text import normalize_text
 
 logger = logging.getLogger(__name__)
 
 FACLIP_JSON = "faclip.json"
 TINY_SEED = 0
-TINY_WIDTH = 128  # both tiny encoders output this width, as the real CLIPfa pair both output 768
 TINY_MAX_LEN = 512  # fixed, so editing max_text_len never reruns `base`; training truncates further
-ROBERTA_POSITION_OFFSET = 2  # RoBERTa numbers token positions from padding_idx + 1
 TINY_IMAGE_SIZE = 64
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # RoBERTa's ids 0..4
 
@@ -273,14 +271,6 @@ def weights_sha256(model_dir: str | Path) -> str:
     for file in files:
         digest.update(f"{file.name}\0{sha256_file(file)}\n".encode())
     return digest.hexdigest()
-
-
-def position_limit(config) -> int | None:
-    """The longest token sequence a text model's position table holds (None if it has no table)."""
-    positions = getattr(config, "max_position_embeddings", None)
-    if positions is None:
-        return None
-    return positions - ROBERTA_POSITION_OFFSET if getattr(config, "model_type", "") == "roberta" else positions
 
 
 def check_max_text_len(text_dir: str | Path, max_text_len: int) -> None:

@@ -10,24 +10,58 @@ writes `3e-05`) means here what it means to DVC: a number.
 import dataclasses
 import difflib
 import math
+import reprlib
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
+from ruamel.yaml.events import AliasEvent, CollectionEndEvent, CollectionStartEvent, ScalarEvent
 
 from faclip.errors import FaclipError
 
 TINY = "tiny"
+TINY_WIDTH = 128  # both tiny encoders output this width, as the real CLIPfa pair both output 768
+ROBERTA_POSITION_OFFSET = 2  # RoBERTa numbers token positions from padding_idx + 1
 # The loss's positives: pairs of the same dish, pairs sharing the image (the original project), or
 # each pair alone (plain CLIP).
 POSITIVES = ("dish", "image", "pair")
 
 
+# What the gate reads: params.yaml is read only this far (the committed file is ~2.5 KB), values nest only
+# this deep (the schema's deepest is 3: a section, a key, a list), and a value is at most this long (a
+# path's limit, PATH_MAX; it also keeps an integer's digits under Python's int-string limit, 4300).
+MAX_BYTES = 65_536
+MAX_DEPTH = 8
+MAX_CHARS = 4096
+
+
+class _Shown(reprlib.Repr):
+    """A value's repr capped in length, depth and items: what an error message may print of it."""
+
+    def __init__(self):
+        super().__init__()
+        self.maxlevel, self.maxstring, self.maxother, self.maxlong = 2, 80, 80, 40
+
+    def repr_int(self, x, level):
+        if x.bit_length() > 128:  # repr() of a huge int is slow or refused (Python's int-string limit)
+            return f"<an integer of ~{round(x.bit_length() * math.log10(2))} digits>"
+        return super().repr_int(x, level)
+
+
+shown = _Shown().repr
+
+
+def _key_name(key) -> str:
+    """A mapping key as an error names it: a string as it is, anything else (an int...) as `shown` shows it."""
+    return key if isinstance(key, str) else shown(key)
+
+
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
-        raise FaclipError(f"params.yaml: {key}={value!r} is invalid; {allowed}")
+        raise FaclipError(f"params.yaml: {key}={shown(value)} is invalid; {allowed}")
 
 
 def _is_int(value: Any) -> bool:
@@ -36,7 +70,14 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     """A finite int or float (YAML's .inf and .nan are floats: they would train a NaN model)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return _is_int(value) or (isinstance(value, float) and math.isfinite(value))
+
+
+def _is_text(value: Any) -> bool:
+    """A non-blank string of at most MAX_CHARS without control characters (a NUL, a newline...): a path,
+    a model id or a FAISS factory, which no library reads past a NUL and no one-line message may split."""
+    return isinstance(value, str) and value.strip() != "" and len(value) <= MAX_CHARS and \
+        not any(unicodedata.category(char) == "Cc" for char in value)
 
 
 # torch.manual_seed takes [-2**63, 2**64), numpy's legacy seeds and random [0, 2**32): one range all accept,
@@ -53,13 +94,22 @@ NUM_WORKERS_MAX = 256  # decode processes per embed process
 EVAL_K_LIMIT = 1000
 
 
+def position_limit(config) -> int | None:
+    """The longest token sequence a text model's position table holds (None if it has no table), from its
+    config (a transformers config, or config.json as a SimpleNamespace: the gate checks max_text_len by it)."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is None:
+        return None
+    return positions - ROBERTA_POSITION_OFFSET if getattr(config, "model_type", "") == "roberta" else positions
+
+
 @dataclass(frozen=True)
 class DataParams:
     root: str = "data/sample"
     test_fraction: float = 0.2
 
     def __post_init__(self):
-        _check(isinstance(self.root, str) and self.root.strip() != "", "data.root", self.root,
+        _check(_is_text(self.root), "data.root", self.root,
                "give the folder of raw JSON files and images, e.g. data/sample")
         _check(_is_number(self.test_fraction) and 0 < self.test_fraction < 1, "data.test_fraction",
                self.test_fraction, "use a number strictly between 0 and 1, e.g. 0.2")
@@ -72,8 +122,7 @@ class ModelParams:
 
     def __post_init__(self):
         for key, value in (("model.text", self.text), ("model.vision", self.vision)):
-            _check(isinstance(value, str) and value.strip() != "", key, value,
-                   "use 'tiny', a Hugging Face hub id, or a local model folder")
+            _check(_is_text(value), key, value, "use 'tiny', a Hugging Face hub id, or a local model folder")
 
 
 @dataclass(frozen=True)
@@ -92,10 +141,10 @@ class TrainParams:
                "use a whole number >= 0 (0 keeps the base text model)")
         _check(_is_int(self.batch_size) and self.batch_size >= 2, "batch_size", self.batch_size,
                "use a whole number >= 2 (a contrastive batch needs negatives)")
-        _check(_is_number(self.learning_rate) and self.learning_rate > 0, "learning_rate",
-               self.learning_rate, "use a number > 0, e.g. 5e-4")
-        _check(_is_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay",
-               self.weight_decay, "use a number >= 0, e.g. 0.01")
+        _check(_is_number(self.learning_rate) and 0 < self.learning_rate <= 1, "learning_rate",
+               self.learning_rate, "use a number in (0, 1], e.g. 5e-4 (beyond 1 AdamW diverges)")
+        _check(_is_number(self.weight_decay) and 0 <= self.weight_decay <= 1, "weight_decay",
+               self.weight_decay, "use a number from 0 to 1, e.g. 0.01")
         _check(_is_int(self.warmup_steps) and self.warmup_steps >= 0, "warmup_steps",
                self.warmup_steps, "use a whole number >= 0")
         _check(_is_int(self.max_text_len) and 8 <= self.max_text_len <= 512, "max_text_len",
@@ -115,7 +164,7 @@ class IndexParams:
     efSearch: int | None = None  # HNSW search depth; None: tuned ('auto') or faclip's default
 
     def __post_init__(self):
-        _check(isinstance(self.factory, str) and self.factory.strip() != "", "index.factory",
+        _check(_is_text(self.factory), "index.factory",
                self.factory, "use auto or a FAISS index_factory string such as Flat, HNSW32 or IVF64,Flat")
         _check(_is_int(self.max_memory_mb) and 1 <= self.max_memory_mb <= MAX_MEMORY_MB_MAX, "index.max_memory_mb",
                self.max_memory_mb, f"use a whole number of MiB from 1 to {MAX_MEMORY_MB_MAX}, e.g. 4096")
@@ -181,16 +230,16 @@ SECTIONS = {"data": DataParams, "model": ModelParams, "embed": EmbedParams, "ind
 
 
 def _unknown_key(key, known: list[str], where: str, also: str = "") -> FaclipError:
-    name = f"{where}{key}"
-    close = difflib.get_close_matches(str(name), [f"{where}{k}" for k in known], n=1, cutoff=0.6)
+    name = f"{where}{_key_name(key)}"
+    close = difflib.get_close_matches(name[:MAX_CHARS], [f"{where}{k}" for k in known], n=1, cutoff=0.6)
     hint = f" (did you mean {close[0]!r}?)" if close else ""
-    return FaclipError(f"params.yaml: unknown key {name!r}{hint}; the known {where.rstrip('.') or 'top-level'} keys "
-                       f"are {', '.join(f'{where}{k}' for k in known)}{also}")
+    return FaclipError(f"params.yaml: unknown key {shown(name)}{hint}; the known {where.rstrip('.') or 'top-level'} "
+                       f"keys are {', '.join(f'{where}{k}' for k in known)}{also}")
 
 
 def _build(cls, values: dict, where: str, also: str = ""):
     known = sorted(f.name for f in dataclasses.fields(cls))
-    unknown = sorted((k for k in values if k not in known), key=str)
+    unknown = sorted((k for k in values if k not in known), key=_key_name)
     if unknown:
         raise _unknown_key(unknown[0], known, where, also)
     return cls(**values)
@@ -206,26 +255,53 @@ def parse_params(raw: dict) -> Params:
         values = raw.get(name)
         values = {} if values is None else values
         if not isinstance(values, dict):
-            raise FaclipError(f"params.yaml: {name} must be a mapping of keys, got {values!r}")
+            raise FaclipError(f"params.yaml: {name} must be a mapping of keys, got {shown(values)}")
         sections[name] = _build(cls, values, f"{name}.")
     also = f", and the sections {', '.join(SECTIONS)}"
     return Params(train=_build(TrainParams, top, "", also), **sections)
 
 
+def _check_shape(yaml: YAML, text: str, path: Path) -> None:
+    """Refuse, from the parse events (before any value is built), what would cost unbounded time or memory
+    to build or show: nesting beyond MAX_DEPTH (RecursionError), a value beyond MAX_CHARS, and aliases
+    (`*name`: a few lines of them expand to a billion values)."""
+    depth = 0
+    for event in yaml.parse(text):
+        line = f"{path} line {event.start_mark.line + 1}"
+        if isinstance(event, AliasEvent):
+            raise FaclipError(f"{line}: a YAML alias (*{event.anchor[:40]}); faclip's params are plain "
+                              f"values, so write the value itself")
+        if isinstance(event, ScalarEvent) and len(event.value) > MAX_CHARS:
+            raise FaclipError(f"{line}: a value of {len(event.value)} characters; no param takes more than "
+                              f"{MAX_CHARS}, so shorten it")
+        depth += isinstance(event, CollectionStartEvent) - isinstance(event, CollectionEndEvent)
+        if depth > MAX_DEPTH:
+            raise FaclipError(f"{line}: values nested more than {MAX_DEPTH} deep; params.yaml's deepest value "
+                              f"is a list in a section (eval.k), so flatten it")
+
+
 def read_yaml(path: Path):
-    """A YAML file as DVC reads it (ruamel.yaml's safe loader, YAML 1.2); an empty file is {}."""
+    """A YAML file as DVC reads it (ruamel.yaml's safe loader, YAML 1.2); an empty file is {}. Its size,
+    nesting and value lengths are bounded and aliases refused, so reading it takes bounded time and memory."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as file:
+            data = file.read(MAX_BYTES + 1)
+        if len(data) > MAX_BYTES:
+            raise FaclipError(f"{path} is larger than {MAX_BYTES} bytes (the committed one is ~2.5 KB); "
+                              f"faclip reads no further: keep only the params in it")
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as err:
         raise FaclipError(f"cannot read {path} ({err}); it must be a UTF-8 text file") from None
+    yaml = YAML(typ="safe")
     try:
-        return YAML(typ="safe").load(text) or {}
+        _check_shape(yaml, text, path)
+        return yaml.load(text) or {}
     except YAMLError as err:
         if isinstance(err, MarkedYAMLError) and err.problem_mark is not None:
             where = f"line {err.problem_mark.line + 1}: {err.problem}"
         else:
             where = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise FaclipError(f"{path} is not valid YAML ({where}); fix the syntax") from None
+        raise FaclipError(f"{path} is not valid YAML ({where[:200]}); fix the syntax") from None
 
 
 def load_params(path: str | Path = "params.yaml") -> Params:

@@ -12,16 +12,19 @@ from pathlib import Path
 
 import pytest
 
-from conftest import E2E_EPOCHS
-from repo_utils import STAGES, dvc, dvc_status, git, private_copy, ran_stages, tool_env
+import yaml
+
+from conftest import E2E_EPOCHS, REPO
+from test_params_hardening import alias_bomb
+from repo_utils import dvc, dvc_status, git, private_copy, ran_stages, raw_data_repo, tool_env
 from test_dvc_workflows import assert_status_clean, tree_digest
 
 pytestmark = pytest.mark.e2e
 
-# What a failed run must leave exactly as it was (every stage's outputs, metrics included).
-# (metrics/params.checked is not among them: it is the gate's own output, and a failed check removes it.)
-KEPT = ["data/docstore.parquet", "data/training_pairs.csv", "data/prepare_skips.csv", "data/image_embeddings",
-        "models/base/text", "models/base/vision", "models/finetuned", "models/index", "metrics/prepare.json",
+# What a failed run must leave exactly as it was (every stage's outputs, metrics included, and the gate's own:
+# it persists, so a refused edit costs nothing once params.yaml is restored).
+KEPT = ["metrics/params.checked", "data/docstore.parquet", "data/training_pairs.csv", "data/prepare_skips.csv",
+        "data/image_embeddings", "models/base/text", "models/base/vision", "models/finetuned", "models/index", "metrics/prepare.json",
         "metrics/train.json", "metrics/train", "metrics/eval.json", "metrics/headline.json", "metrics/eval_plots"]
 
 
@@ -83,14 +86,11 @@ def test_bad_params_fail_in_one_line_before_any_output_is_deleted(repo, key, lin
     assert len(errors) == 1 and named in errors[0], result.stdout + result.stderr
     assert ran_stages(result.stdout) == {"check_params"}, result.stdout
     assert kept(repo) == before  # models/finetuned, the index and every metric are still the last good ones
-    # `dvc status` tells the truth: the gate did not pass, so every stage is out of date.
-    changed = dvc_status(repo)
-    assert "check_params" in changed and set(changed) == set(STAGES), changed
-    # Fixing params.yaml reruns the gate alone; its output is byte-identical, so nothing else reruns.
+    assert "check_params" in dvc_status(repo)  # the gate did not pass: the edit is still pending
+    # Restoring params.yaml restores `dvc status` exactly: nothing is out of date, nothing reruns.
     git(repo, "checkout", "params.yaml")
-    result = dvc(repo, "repro")
-    assert ran_stages(result.stdout) == {"check_params"}, result.stdout
     assert dvc_status(repo) == {} and git(repo, "status", "--porcelain").stdout == ""
+    assert ran_stages(dvc(repo, "repro").stdout) == set()
     assert kept(repo) == before
 
 
@@ -143,4 +143,80 @@ def test_a_hostile_data_folder_gets_one_line_errors_and_named_skips(repo):
     stats = json.loads((repo / "metrics/prepare.json").read_text(encoding="utf-8"))
     assert stats["skipped"] == {"invalid_characters": 1, "json_not_a_file": 1, "json_too_deep": 1,
                                 "missing_response": 1, "missing_title": 1}, stats["skipped"]
+    assert dvc_status(repo) == {}
+
+
+def gate_repo(root: Path) -> Path:
+    """A small DVC repository: faclip, dvc.yaml's own check_params stage and one stage after it that copies
+    the gate's output (as every stage depends on it), reproduced and committed: seconds, not the pipeline's
+    minutes."""
+    repo, raw = raw_data_repo(root, n_dishes=1, images_per_dish=1)
+    shutil.copytree(REPO / "faclip", repo / "faclip", ignore=shutil.ignore_patterns("__pycache__"))
+    (repo / "stages").mkdir()
+    shutil.copy2(REPO / "stages/check_params.py", repo / "stages")
+    params = (REPO / "params.yaml").read_text(encoding="utf-8").replace("data/sample", raw.name)
+    (repo / "params.yaml").write_text(params, encoding="utf-8")
+    stages = {"check_params": yaml.safe_load((REPO / "dvc.yaml").read_text(encoding="utf-8"))["stages"]["check_params"],
+              "after": {"cmd": "cp metrics/params.checked after.txt", "deps": ["metrics/params.checked"],
+                        "outs": ["after.txt"]}}
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"stages": stages}), encoding="utf-8")
+    dvc(repo, "repro")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "gate repo")
+    assert dvc_status(repo) == {}
+    return repo
+
+
+@pytest.fixture(scope="module")
+def gate(tmp_path_factory) -> Path:
+    """gate_repo, built once for this module's tests: take a private_copy to change it."""
+    return gate_repo(tmp_path_factory.mktemp("gate"))
+
+
+def gate_outputs(repo: Path) -> dict[str, bytes]:
+    return {name: (repo / name).read_bytes() for name in ("metrics/params.checked", "after.txt")}
+
+
+def test_a_refused_edit_leaves_dvc_status_as_it_was_once_params_yaml_is_restored(gate, tmp_path):
+    # Before: DVC deleted the gate's output before running it, so after any refused edit every stage looked
+    # changed until the next `dvc repro`, even with params.yaml restored.
+    repo = private_copy(gate, tmp_path)
+    before = gate_outputs(repo)
+    for edits, named in [([("epochs", "epochs: -1")], "epochs=-1 is invalid"),
+                         ([("  root", "  root: /no/such/folder")], "data.root='/no/such/folder' does not exist"),
+                         ([("  text", "  text: no-such-org/no-such-model")], "is not in the local Hugging Face cache"),
+                         ([("warmup_steps", "warmup_steps: &w 7"), ("seed", "seed: *w")], "a YAML alias (*w)")]:
+        for key, line in edits:
+            edit_params(repo, key, line)
+        result = dvc(repo, "repro", check=False)
+        errors = faclip_errors(result)
+        assert result.returncode != 0 and len(errors) == 1 and named in errors[0], result.stdout + result.stderr
+        assert gate_outputs(repo) == before
+        assert set(dvc_status(repo)) == {"check_params"}  # only the gate's params changed
+        git(repo, "checkout", "params.yaml")
+        assert dvc_status(repo) == {}, named
+
+
+@pytest.mark.parametrize("key, line, dvc_says", [
+    ("  k", "  k: " + "[" * 100_000 + "]" * 100_000, "ERROR: unexpected error - maximum recursion depth exceeded"),
+    ("epochs", "epochs: " + "9" * 5000, "ERROR: unexpected error - Exceeds the limit (4300 digits)"),
+    ("  k", "  k: " + alias_bomb(), None),  # DVC expands it for minutes, gigabytes: stopped after 15 s
+], ids=["nested 100000 deep", "5000 digits", "alias bomb"])
+def test_dvc_parses_params_yaml_before_the_gate_and_stopping_on_hostile_yaml_loses_nothing(gate, tmp_path, key, line,
+                                                                                          dvc_says):
+    # README, "When things go wrong": under `dvc repro` these never reach the gate (which refuses each in one
+    # line when run itself: test_params_hardening.py); DVC stops, or is stopped, and nothing is lost.
+    repo = private_copy(gate, tmp_path)
+    before = gate_outputs(repo)
+    edit_params(repo, key, line)
+    try:
+        result = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=repo, capture_output=True, text=True,
+                                env=dict(tool_env(), PYTHONPATH=str(repo)), timeout=15)
+        assert dvc_says is not None and result.returncode != 0 and dvc_says in result.stderr, result.stderr
+        output = result.stdout
+    except subprocess.TimeoutExpired as stopped:
+        assert dvc_says is None
+        output = (stopped.stdout or b"").decode()
+    assert ran_stages(output) == set() and gate_outputs(repo) == before
+    git(repo, "checkout", "params.yaml")
     assert dvc_status(repo) == {}
