@@ -10,6 +10,9 @@ from typing import Callable
 DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 DISK_FULL_TEXTS = ("No space left on device", "Disk quota exceeded")
 NEARLY_FULL_BYTES = 1 << 20
+# A stage that fails under DVC (`dvc repro`, `dvc exp run`) leaves params.yaml as it was set and, past the
+# check_params gate, the stage's outputs deleted: this one command puts back the last commit's params and outputs.
+GO_BACK = "to go back to the last commit's params and outputs: `dvc exp apply HEAD`"
 
 
 class FaclipError(Exception):
@@ -41,7 +44,8 @@ def run_main(main: Callable[[], None]) -> None:
     try:
         main()
     except FaclipError as err:
-        print(f"faclip error: {err}", file=sys.stderr)
+        under_dvc = f"; {GO_BACK}" if os.environ.get("DVC_STAGE") else ""  # DVC sets it for a stage's command
+        print(f"faclip error: {err}{under_dvc}", file=sys.stderr)
         sys.exit(2)
     except Exception as err:
         if not is_disk_full(err):
