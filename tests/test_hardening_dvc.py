@@ -127,7 +127,7 @@ def test_a_failed_experiment_names_the_one_command_that_puts_everything_back(rep
 @pytest.mark.quick
 def test_a_set_param_typo_is_refused_before_anything_runs(repo):
     # (`-S learning_rate=0.00003`, which DVC writes as `3e-05`, is the README's second experiment: every stage
-    # reads it as a number, test_dvc_workflows.py::test_exp_run_reruns_only_the_stages_that_read_the_key.)
+    # reads it as a number, test_readme.py::test_the_experiments_rerun_only_the_stages_that_read_the_key.)
     # A -S typo is refused by DVC itself (its params are struct): nothing runs.
     typo = dvc(repo, "exp", "run", "-S", "epoch=5", check=False)
     assert typo.returncode != 0 and "epoch" in typo.stderr and ran_stages(typo.stdout) == set()
