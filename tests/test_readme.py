@@ -156,12 +156,13 @@ def readme_walk(fresh_repro, tmp_path_factory) -> dict:
                         server = start_server(repo)
                     body = body.replace(SERVER, server[1])
                 cwd = elsewhere if body.startswith(ELSEWHERE) else repo
+                start = time.monotonic()
                 try:
                     printed = run_block(cwd, lang, body, repo)
                 except AssertionError as err:
                     failed = f"{bid}: {err}"
                     break
-                step = walked[bid] = {"printed": printed, "shown": shown,
+                step = walked[bid] = {"printed": printed, "shown": shown, "seconds": round(time.monotonic() - start, 1),
                                       "git_status": git(repo, "status", "--porcelain").stdout}
                 if bid in status_after:
                     step.update(dvc_status=dvc_status(repo), digests=digests(repo),
@@ -298,7 +299,8 @@ def test_going_back_is_one_step_to_the_last_commit(readme_walk, fresh_repro):
 @on_the_walk
 def test_a_queued_sweep_runs_each_value_from_the_workspace(readme_walk):
     step = walked(readme_walk, "dvc exp run --queue")
-    assert printed(step, "dvc exp run --queue")["out"].count("Queued experiment") == 2, step["printed"]
+    queued = printed(step, "dvc exp run --queue")
+    assert (queued["out"] + queued["err"]).count("Queued experiment") == 2, step["printed"]
     table = printed(step, "dvc exp show")["out"]
     header = next(row.split() for row in table.splitlines() if row.split()[:1] == ["Experiment"])
     assert header == ["Experiment", "ask_recall@1", "ask_mrr", "vqa.photo_weight"], table
