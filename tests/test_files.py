@@ -208,4 +208,4 @@ def test_run_main_names_the_way_back_only_in_a_stage_run_by_dvc(capsys, monkeypa
             run_main(main)
         assert exit_info.value.code == 2
         assert capsys.readouterr().err == f"faclip error: no valid (image, passage) pairs found under /data{suffix}\n"
-    assert "`dvc exp apply HEAD`" in GO_BACK
+    assert "`git checkout -- params.yaml dvc.lock metrics && dvc checkout`" in GO_BACK

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from conftest import E2E_EPOCHS
-from repo_utils import STAGES, dvc, dvc_status, git, private_copy, ran_stages, tool_env
+from repo_utils import STAGES, dvc, dvc_status, git, private_copy, ran_stages, run, tool_env
 from test_dvc_workflows import assert_status_clean, tree_digest
 
 pytestmark = pytest.mark.e2e
@@ -119,7 +119,7 @@ def test_a_failed_experiment_names_the_one_command_that_puts_everything_back(rep
     assert not (repo / "data/docstore.parquet").exists()
     assert "params.yaml" in git(repo, "status", "--porcelain").stdout
     command = re.search(r"to go back to the last commit's params and outputs: `([^`]+)`$", errors[0])[1]
-    dvc(repo, *command.split()[1:])
+    run(repo, "bash", "-euo", "pipefail", "-c", command)
     assert git(repo, "status", "--porcelain").stdout == "" and dvc_status(repo) == {}
     assert kept(repo) == before
 
