@@ -189,8 +189,9 @@ def walked(readme_walk: dict, line: str) -> dict:
 
 
 def printed(step: dict, line: str) -> dict:
-    """What one line of a walked block printed ({"line", "out", "err"})."""
-    found = [row for row in step["printed"] if row["line"].startswith(line)]
+    """What one line of a walked block printed ({"line", "out", "err"}): the line itself, else the one it starts."""
+    found = ([row for row in step["printed"] if row["line"] == line]
+             or [row for row in step["printed"] if row["line"].startswith(line)])
     assert len(found) == 1, (line, [row["line"] for row in step["printed"]])
     return found[0]
 
