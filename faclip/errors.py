@@ -13,7 +13,8 @@ NEARLY_FULL_BYTES = 1 << 20
 # A stage that fails under DVC (`dvc repro`, `dvc exp run`) leaves params.yaml as it was set and, past the
 # check_params gate, the stage's outputs deleted: this one step puts back the last commit's params and outputs
 # (and leaves the user's other edits alone, as `dvc exp apply HEAD` would not).
-GO_BACK = "to go back to the last commit's params and outputs: `git checkout -- params.yaml dvc.lock metrics && dvc checkout`"
+GO_BACK = ("to go back to the last commit's params and outputs: "
+           "`git checkout -- params.yaml dvc.lock metrics && dvc checkout`")
 
 
 class FaclipError(Exception):

@@ -136,7 +136,8 @@ def readme_walk(fresh_repro, tmp_path_factory) -> dict:
     and where a test reads them, "dvc_status", "digests", "params", "clone": {...}, "snapshot"}},
     "failed": None | "<block id>: <why>"}. The walk stops at the first block that fails."""
     snapshot_after = {block_id("dvc exp run -n epochs-5")}  # the repo as it is then, for tests that change a copy
-    status_after = {block_id("git checkout -- params.yaml"), block_id("dvc remote add -d store"), block_id("dvc exp apply epochs")}
+    status_after = {block_id("git checkout -- params.yaml"), block_id("dvc remote add -d store"),
+                    block_id("dvc exp apply epochs")}
 
     def build(folder: Path) -> dict:
         repo = private_copy(fresh_repro[0], folder)
