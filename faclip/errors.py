@@ -12,6 +12,11 @@ DISK_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
 DISK_FULL_TEXTS = ("No space left on device", "Disk quota exceeded")
 NEARLY_FULL_BYTES = 1 << 20
 _REMOTE_SECTION = re.compile(r"^\s*\[\s*['\"]?remote\s+\"", re.MULTILINE)  # ['remote "storage"'] in .dvc/config
+# A stage that fails under DVC (`dvc repro`, `dvc exp run`) leaves params.yaml as it was set and, past the
+# check_params gate, the stage's outputs deleted: this one step puts back the last commit's params and outputs
+# (and leaves the user's other edits alone, as `dvc exp apply HEAD` would not).
+GO_BACK = ("to go back to the last commit's params and outputs: "
+           "`git checkout -- params.yaml dvc.lock metrics && dvc checkout`")
 
 
 class FaclipError(Exception):
@@ -59,7 +64,8 @@ def run_main(main: Callable[[], None]) -> None:
     try:
         main()
     except FaclipError as err:
-        print(f"faclip error: {err}", file=sys.stderr)
+        under_dvc = f"; {GO_BACK}" if os.environ.get("DVC_STAGE") else ""  # DVC sets it for a stage's command
+        print(f"faclip error: {err}{under_dvc}", file=sys.stderr)
         sys.exit(2)
     except Exception as err:
         if not is_disk_full(err):

@@ -311,15 +311,17 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def json_text(obj) -> str:
-    """Deterministic JSON text (sorted keys, UTF-8, trailing newline), as every faclip JSON file is written."""
-    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+def json_text(obj, sort_keys: bool = True) -> str:
+    """Deterministic JSON text (sorted keys unless told to keep the dict's order, UTF-8, trailing newline), as
+    every faclip JSON file is written."""
+    return json.dumps(obj, indent=2, sort_keys=sort_keys, ensure_ascii=False) + "\n"
 
 
-def write_json(path: str | Path, obj) -> None:
-    """Write JSON atomically and deterministically (sorted keys, UTF-8, trailing newline)."""
+def write_json(path: str | Path, obj, sort_keys: bool = True) -> None:
+    """Write JSON atomically and deterministically (sorted keys unless `sort_keys` is False: then the dict's
+    own order, as for metrics/headline.json, whose order is `dvc exp show`'s column order)."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json_text(obj), encoding="utf-8")
+        tmp.write_text(json_text(obj, sort_keys), encoding="utf-8")
 
 
 def write_text(path: str | Path, text: str) -> None:

@@ -52,7 +52,7 @@ def main(argv=None):
 
     # 3. write metrics and plot tables
     write_json(args.metrics, result.metrics)
-    write_json(args.headline, headline(result.metrics))
+    write_json(args.headline, headline(result.metrics), sort_keys=False)  # its order: the columns'
     with atomic_dir(args.plots) as tmp:
         result.recall_at_k.to_csv(tmp / "recall_at_k.csv", index=False, lineterminator="\n")
         result.per_dish.to_csv(tmp / "per_dish.csv", index=False, lineterminator="\n")

@@ -91,7 +91,7 @@ def pytest_collection_modifyitems(config, items):
     """The order tests are handed to pytest-xdist's workers in (`--dist loadgroup --no-loadscope-reorder`
     keeps it): first one test that needs the e2e repo, so one worker builds it (minutes) while the others
     run every test that needs none; then the e2e tests, longest first: the groups that share a repo copy
-    (the README's blocks, its experiments, its push and pull), then the tests that retrain, then the others,
+    (the README's walk, the server tests), then the tests that retrain, then the others,
     then the quick ones (no stage runs), so the run does not end with one worker busy on a long test and the
     others idle (pytest-xdist gives a worker up to three tests ahead)."""
     first = next((item for item in items if "built_repo" in item.fixturenames), None)

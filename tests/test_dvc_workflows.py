@@ -13,7 +13,6 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import build_once
 from repo_utils import REPO, STAGES, dvc, dvc_status, git, private_copy, ran_stages, run, tool_env
 from serve_fixtures import free_port
 
@@ -134,83 +133,10 @@ def test_param_edit_reruns_only_affected_stages(repo, tmp_path, edit, expected):
     assert_status_clean(repo)
 
 
-@pytest.fixture(scope="session")
-def readme_experiments(built_repo, tmp_path_factory) -> tuple[Path, list[tuple[str, str]]]:
-    """README, "Working with DVC": its first block (two experiments, epochs then the learning rate on top of
-    it, `dvc exp show`, `dvc metrics diff`, `faclip plots`), run as written once per test run in a copy of the
-    built repo, a line at a time (each must succeed): (repo, [(command, what it printed)]), the command
-    without its comment. Tests change a private copy of it."""
-    def build(folder: Path) -> dict:
-        repo = private_copy(built_repo, folder)
-        block = readme_block("dvc exp run -n epochs-5")
-        return {"repo": str(repo), "printed": [(line.split(" #")[0].strip(), bash(repo, line))
-                                               for line in block.splitlines()]}
-
-    built = build_once(tmp_path_factory, "readme_experiments", build)
-    return Path(built["repo"]), [tuple(pair) for pair in built["printed"]]
-
-
-@pytest.mark.xdist_group("readme_experiments")
-def test_exp_run_reruns_only_the_stages_that_read_the_key(readme_experiments, tmp_path):
-    shared, printed = readme_experiments
-    ran = {line: ran_stages(output) for line, output in printed if line.startswith(("dvc repro", "dvc exp run"))}
-    assert list(ran) == ["dvc repro", "dvc exp run -n epochs-5 -S epochs=5",
-                         "dvc exp run -n lr-3e-5 -S learning_rate=0.00003"]
-    assert ran.pop("dvc repro") == set()  # nothing changed since the last run
-    for line, stages in ran.items():  # top-level training keys: train and what reads its model
-        assert stages == {"check_params", "train", "index", "evaluate"}, (line, stages)
-    # DVC writes 0.00003 as `3e-05`, which YAML 1.2 reads as a number: every stage did (the last ran on it).
-    assert "learning_rate: 3e-05" in (shared / "params.yaml").read_text(encoding="utf-8")
-    train = json.loads((shared / "metrics/train.json").read_text(encoding="utf-8"))
-    assert train["epochs"] == 5 and train["steps"] > 0, train
-    assert_status_clean(private_copy(shared, tmp_path))
-
-
-@pytest.mark.xdist_group("readme_experiments")
-def test_exp_run_set_param_then_metrics_diff(readme_experiments, tmp_path):
-    repo = private_copy(readme_experiments[0], tmp_path)
-    result = dvc(repo, "exp", "run", "-S", "index.factory=HNSW32", "-n", "hnsw")
-    assert ran_stages(result.stdout) == {"check_params", "index", "evaluate"}, result.stdout
-    assert_status_clean(repo)
-    shown = json.dumps(json.loads(dvc(repo, "exp", "show", "--json").stdout))
-    assert "epochs-5" in shown and "lr-3e-5" in shown and "hnsw" in shown and "HNSW32" in shown
-    dvc(repo, "exp", "apply", "epochs-5")
-    # `dvc metrics diff` leads with the headline; the full figures are one --targets away.
-    headline = json.loads(dvc(repo, "metrics", "diff", "--json").stdout)
-    assert list(headline) == ["metrics/headline.json"] and "image_to_passage_recall@5" in headline[
-        "metrics/headline.json"], headline
-    diff = json.loads(dvc(repo, "metrics", "diff", "--json", "--targets", "metrics/train.json").stdout)
-    assert "metrics/train.json" in diff and "epochs" in diff["metrics/train.json"], diff
-    assert diff["metrics/train.json"]["epochs"]["new"] == 5
-    plots = dvc(repo, "plots", "diff", "--json")
-    assert plots.returncode == 0
-
-
 def exp_show_columns(repo: Path, *options: str) -> list[str]:
     """The column names `dvc exp show` prints (its CSV header: the table's columns, plus rev and typ)."""
     header = dvc(repo, "exp", "show", "--csv", *options).stdout.splitlines()[0]
     return [name for name in header.split(",") if name not in ("rev", "typ")]
-
-
-@pytest.mark.xdist_group("readme_experiments")
-def test_exp_show_leads_with_the_headline_and_fits_a_screen(readme_experiments, tmp_path):
-    # README, "Working with DVC": two experiments, one on epochs, one on the learning rate, as written.
-    shared, printed = readme_experiments
-    output = dict(printed)["dvc exp show --only-changed --md"]
-    header = [row for row in output.splitlines() if row.startswith("| Experiment ")]
-    assert len(header) == 1 and "image_to_passage_recall@1" in header[0], header
-    # The block's other lines: the headline diff against HEAD, and the offline plots page.
-    assert "image_to_passage_recall@1" in dict(printed)["dvc metrics diff"], printed
-    assert "<svg" in (shared / "plots/index.html").read_text(encoding="utf-8")
-    repo = private_copy(shared, tmp_path)
-    columns = exp_show_columns(repo, "--only-changed")
-    assert len(columns) <= 30, columns
-    assert "image_to_passage_recall@1" in columns[:10], columns
-    assert {"epochs", "learning_rate", "zero_shot_acc@1", "share_of_ceiling_recall@1"} <= set(columns), columns
-    # Without --only-changed too, the headline comes before any param, and no data count is a column.
-    everything = exp_show_columns(repo)
-    assert everything.index("image_to_passage_recall@1") < 10, everything
-    assert not [name for name in everything if name.endswith(("pairs", "images", "dishes", "passages"))], everything
 
 
 @pytest.mark.retrains
@@ -242,57 +168,6 @@ def push_then_pull_into_a_clone(repo: Path, tmp_path: Path) -> None:
     dvc(clone, "pull")
     assert digests(clone) == expected
     assert_status_clean(clone)
-
-
-def readme_block(line: str) -> str:
-    """The README's runnable block with a line that starts with `line`, as written."""
-    from test_readme import BLOCKS
-
-    bodies = [body for _, _, body, _ in BLOCKS if any(row.startswith(line) for row in body.splitlines())]
-    assert len(bodies) == 1, f"README has {len(bodies)} blocks with a line starting {line!r}"
-    return bodies[0]
-
-
-def bash(cwd: Path, script: str) -> str:
-    cwd.mkdir(parents=True, exist_ok=True)
-    result = run(cwd, "bash", "-euo", "pipefail", "-c", script)
-    return result.stdout + result.stderr
-
-
-@pytest.fixture(scope="session")
-def readme_sharing(built_repo, tmp_path_factory) -> dict:
-    """README, "Sharing artifacts", as written, once per test run in a copy of the built repo (a temp folder
-    for the shared disk, the copy as the git URL): add and commit the remote, push, and a clone pulls; then
-    the experiment, kept as a commit and pushed, and a clone pulls again. What each step left:
-    {"repo": path, "steps": {"pipeline" | "experiment": {"git_status", "digests", "params", "clone", "printed"}}}"""
-    def build(folder: Path) -> dict:
-        repo = private_copy(built_repo, folder)
-        share = readme_block("dvc remote add -d store").replace("/mnt/shared/faclip-store", str(folder / "store"))
-        clone = readme_block("git clone ").replace("https://example.com/you/faclip.git", str(repo))
-        experiment = readme_block("dvc exp run -n lr-5e-4 -S learning_rate=0.0005")
-        steps = {}
-        for step, block in (("pipeline", share), ("experiment", experiment)):
-            bash(repo, block)
-            steps[step] = {"git_status": git(repo, "status", "--porcelain").stdout, "digests": digests(repo),
-                           "params": (repo / "params.yaml").read_text(encoding="utf-8"),
-                           "printed": bash(folder / step, clone), "clone": str(folder / step / "faclip")}
-        return {"repo": str(repo), "steps": steps}
-
-    return build_once(tmp_path_factory, "readme_sharing", build)
-
-
-@pytest.mark.xdist_group("readme_sharing")
-def test_push_and_pull_as_the_readme_says(readme_sharing):
-    for step, left in readme_sharing["steps"].items():
-        # The remote is committed (a clone has it); after the experiment, the experiment is the commit.
-        assert left["git_status"] == "", (step, left["git_status"])
-        # A clone's pull brings back every output byte for byte; no "Everything is up to date." + ERROR.
-        assert "ERROR" not in left["printed"], left["printed"]
-        cloned = Path(left["clone"])
-        assert digests(cloned) == left["digests"], step
-        assert_status_clean(cloned)
-        assert (cloned / "params.yaml").read_text(encoding="utf-8") == left["params"]
-    assert "learning_rate: 0.0005" in readme_sharing["steps"]["experiment"]["params"]
 
 
 @pytest.fixture
@@ -343,25 +218,6 @@ def test_unreachable_remote_is_a_clear_error_and_leaves_nothing_half_written(rep
     assert "failed to connect to s3" in result.stderr + result.stdout, result.stderr
     for out in OUTPUTS:
         assert not (clone / out).exists(), f"{out} exists after a failed pull"
-
-
-@pytest.mark.xdist_group("readme_sharing")
-def test_old_index_pulled_next_to_a_new_model_is_refused(readme_sharing, tmp_path):
-    # The shared remote holds two commits: the pipeline, then the experiment (another learning rate: another
-    # model, another index). A fresh clone of the experiment that pulls the pipeline's index next to its model.
-    clone = tmp_path / "clone"
-    run(tmp_path, "git", "clone", "-q", readme_sharing["repo"], str(clone))
-    dvc(clone, "pull")
-    git(clone, "checkout", "HEAD~1", "--", "dvc.lock")
-    dvc(clone, "pull", "index")
-    git(clone, "checkout", "HEAD", "--", "dvc.lock")
-    evaluate = run(clone, sys.executable, "stages/evaluate.py", *yaml.safe_load(
-        (clone / "dvc.yaml").read_text())["stages"]["evaluate"]["cmd"].split()[2:], check=False)
-    search = run(clone, sys.executable, "-m", "faclip", "search", "--text", "کباب", check=False)
-    for result in (evaluate, search):
-        assert result.returncode == 2, result.stderr
-        errors = [line for line in result.stderr.splitlines() if line.startswith("faclip error")]
-        assert len(errors) == 1 and "dvc repro index" in errors[0], result.stderr
 
 
 def test_a_passage_edit_reruns_exactly_the_stages_that_read_the_docstore(repo):

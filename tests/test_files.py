@@ -191,3 +191,21 @@ def test_run_main_turns_a_full_disk_anywhere_into_one_line(capsys):
     assert exit_info.value.code == 2
     assert capsys.readouterr().err == ("faclip error: no space left on the device (metrics/train/plots.tsv); "
                                        "free some space and rerun\n")
+
+
+def test_run_main_names_the_way_back_only_in_a_stage_run_by_dvc(capsys, monkeypatch):
+    from faclip.errors import GO_BACK, run_main
+
+    def main():
+        raise FaclipError("no valid (image, passage) pairs found under /data")
+
+    for dvc_stage, suffix in ((None, ""), ("prepare", f"; {GO_BACK}")):  # DVC sets DVC_STAGE for a stage's command
+        if dvc_stage:
+            monkeypatch.setenv("DVC_STAGE", dvc_stage)
+        else:
+            monkeypatch.delenv("DVC_STAGE", raising=False)
+        with pytest.raises(SystemExit) as exit_info:
+            run_main(main)
+        assert exit_info.value.code == 2
+        assert capsys.readouterr().err == f"faclip error: no valid (image, passage) pairs found under /data{suffix}\n"
+    assert "`git checkout -- params.yaml dvc.lock metrics && dvc checkout`" in GO_BACK

@@ -16,7 +16,7 @@ import yaml
 
 from conftest import E2E_EPOCHS, REPO
 from test_params_hardening import alias_bomb
-from repo_utils import dvc, dvc_status, git, private_copy, ran_stages, raw_data_repo, tool_env
+from repo_utils import STAGES, dvc, dvc_status, git, private_copy, ran_stages, raw_data_repo, run, tool_env
 from test_dvc_workflows import assert_status_clean, tree_digest
 
 pytestmark = pytest.mark.e2e
@@ -105,10 +105,29 @@ def test_a_good_edit_reruns_only_the_stages_that_read_the_key(repo):
     assert_status_clean(repo)
 
 
+def test_a_failed_experiment_names_the_one_command_that_puts_everything_back(repo, tmp_path):
+    # An experiment on a folder with no valid pair: the gate passes (it is a folder), so DVC deletes prepare's
+    # outputs and runs it, and it fails; params.yaml keeps the experiment's data.root. Its error line names the
+    # one command that goes back, and that command restores the last commit's params and outputs.
+    before = kept(repo)
+    (tmp_path / "no_pairs/dish").mkdir(parents=True)
+    (tmp_path / "no_pairs/dish/records.json").write_text('[{"title": "کباب"}]', encoding="utf-8")
+    result = dvc(repo, "exp", "run", "-S", f"data.root={tmp_path / 'no_pairs'}", check=False)
+    errors = faclip_errors(result)
+    assert result.returncode != 0 and len(errors) == 1, result.stdout + result.stderr
+    assert "no valid (image, passage) pairs" in errors[0], errors
+    assert not (repo / "data/docstore.parquet").exists()
+    assert "params.yaml" in git(repo, "status", "--porcelain").stdout
+    command = re.search(r"to go back to the last commit's params and outputs: `([^`]+)`$", errors[0])[1]
+    run(repo, "bash", "-euo", "pipefail", "-c", command)
+    assert git(repo, "status", "--porcelain").stdout == "" and dvc_status(repo) == {}
+    assert kept(repo) == before
+
+
 @pytest.mark.quick
 def test_a_set_param_typo_is_refused_before_anything_runs(repo):
     # (`-S learning_rate=0.00003`, which DVC writes as `3e-05`, is the README's second experiment: every stage
-    # reads it as a number, test_dvc_workflows.py::test_exp_run_reruns_only_the_stages_that_read_the_key.)
+    # reads it as a number, test_readme.py::test_the_experiments_rerun_only_the_stages_that_read_the_key.)
     # A -S typo is refused by DVC itself (its params are struct): nothing runs.
     typo = dvc(repo, "exp", "run", "-S", "epoch=5", check=False)
     assert typo.returncode != 0 and "epoch" in typo.stderr and ran_stages(typo.stdout) == set()
