@@ -315,7 +315,7 @@ def test_two_processes_match_one_on_the_same_global_batch(inputs, tmp_path):
     tuned = weights(two / "finetuned")
     for name, tensor in one.model.state_dict().items():
         # Same math, other summation order (two half batches, per-rank padding, an all-reduce): after 2 epochs the
-        # weights (~1e-2) agree to ~2e-5 (more with the sample's texts as normalised since #26 than before)
+        # weights agree to ~2e-5 (a little more with the texts as normalised since #26 than before)
         torch.testing.assert_close(tuned[name], tensor, rtol=1e-4, atol=5e-5, msg=name)
     metrics = json.loads((two / "train.json").read_text())
     assert metrics["steps"] == one.metrics["steps"]
