@@ -7,7 +7,11 @@ passages, 5 passages a dish) as a docstore, a Flat FAISS index of seeded random 
 the fine-tuned model (the photo-only query searches it; only the lexical half is measured here), then:
 - runs `python stages/lexical.py` on it: wall time, peak memory (the process's max RSS), the artifact's size;
 - runs `faclip search --image PHOTO --text QUESTION` and `faclip search --image PHOTO` as fresh processes on
-  the same artifacts, `--repeats` times each: median wall time and peak memory, and the difference.
+  the same artifacts, once each untimed (so neither pays for a cold page cache: the first process after a
+  1M build reads gigabytes from disk), then `--repeats` times each, alternated: median wall time and peak
+  memory, and the difference.
+`--reuse` keeps a corpus and lexical index already in `--work` (build columns then blank): to measure the
+searches again without a 20-minute build.
 Prints one table row per size, and the machine's line (cores, load) first and last.
 """
 
@@ -82,6 +86,7 @@ def main(argv=None):
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--work", type=Path, default=None, help="where the corpora go (default: a temp folder)")
+    parser.add_argument("--reuse", action="store_true", help="measure the searches on what --work already holds")
     args = parser.parse_args(argv)
 
     model, vision = args.root / "models/finetuned", args.root / "models/base/vision"
@@ -97,12 +102,16 @@ def main(argv=None):
     for n in args.sizes:
         root = work / str(n)
         root.mkdir(parents=True, exist_ok=True)
-        write_corpus(root, n, words, model, dim)
-        build_s, build_mb, _ = measured([sys.executable, "stages/lexical.py", "--docstore", str(root / "docstore.parquet"),
-                                         "--out", str(root / "lexical")])
+        if args.reuse and (root / "lexical/manifest.json").is_file():
+            build_s = build_mb = float("nan")
+        else:
+            write_corpus(root, n, words, model, dim)
+            build_s, build_mb, _ = measured([sys.executable, "stages/lexical.py", "--docstore",
+                                             str(root / "docstore.parquet"), "--out", str(root / "lexical")])
         search = [sys.executable, "-m", "faclip", "search", "--model", str(model), "--vision", str(vision),
                   "--index", str(root / "index"), "--docstore", str(root / "docstore.parquet"), "--image", str(photo)]
         runs = {"ask": [], "photo": []}
+        measured(search + ["--text", QUESTION]), measured(search)  # warm-up: the page cache, not the query
         for _ in range(args.repeats):  # alternated, so a change in the machine's load hits both alike
             runs["ask"].append(measured(search + ["--text", QUESTION]))
             runs["photo"].append(measured(search))

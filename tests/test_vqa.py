@@ -402,12 +402,16 @@ def lexical_over(root, texts: list[str]) -> LexicalIndex:
                         passage_ids_sha256=manifest["passage_ids_sha256"])
 
 
+def random_index_and_lexical(tmp_path, seed: int):
+    """A Flat index of random unit vectors for PASSAGES (rows in order), their lexical index, and the rng."""
+    rng = np.random.default_rng(seed)
+    passages = unit(rng.standard_normal((len(PASSAGES), 8))).astype(np.float32)
+    return passages, build_index(passages, "Flat"), lexical_over(tmp_path, PASSAGES), rng
+
+
 def test_evaluate_vqa_halves_are_the_ends_of_the_weight_and_the_sweep_picks_the_best_on_train(tmp_path):
-    rng = np.random.default_rng(1)
     n = len(PASSAGES)
-    passages = unit(rng.standard_normal((n, 8))).astype(np.float32)
-    index = build_index(passages, "Flat")
-    lexical = lexical_over(tmp_path, PASSAGES)
+    passages, index, lexical, _ = random_index_and_lexical(tmp_path, 1)
     target = np.arange(n)
 
     def queries(seed):  # photos that barely point at their passage; questions that are its first words
@@ -433,11 +437,8 @@ def test_evaluate_vqa_halves_are_the_ends_of_the_weight_and_the_sweep_picks_the_
 
 
 def test_evaluate_text_measures_questions_and_dish_names_as_by_text_ranks_them(tmp_path):
-    rng = np.random.default_rng(4)
     n = len(PASSAGES)
-    passages = unit(rng.standard_normal((n, 8))).astype(np.float32)
-    index = build_index(passages, "Flat")
-    lexical = lexical_over(tmp_path, PASSAGES)
+    _, index, lexical, rng = random_index_and_lexical(tmp_path, 4)
     dish_of = np.array([d for d, (_, texts) in enumerate(DISHES) for _ in texts])  # each passage's dish
     dishes = pd.DataFrame({"food_id": [t for t, _ in DISHES], "title": [t for t, _ in DISHES]})
     noise = lambda texts: unit(rng.standard_normal((len(texts), 8))).astype(np.float32)  # noqa: E731 a useless encoder
