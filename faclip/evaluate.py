@@ -33,7 +33,7 @@ are kept; zero-shot scores at most SCORE_BUDGET (image, dish) cells at a time.
 """
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -49,6 +49,7 @@ from faclip.metrics import (NDCG_AT, chance_recall_at_k, mean_metrics, query_met
 from faclip.models import check_same_vision, embed_passages, load_text_model, text_max_len, trained_max_len
 from faclip.tables import load_docstore, load_pairs, load_questions
 from faclip.testset import TestSet, image_to_text_hits, load_test_set
+from faclip.text import query_text
 from faclip.encode import CHARS_PER_TOKEN_BOUND, encode_texts, pick_device
 from faclip.lexical import LexicalIndex, top_k
 from faclip.vqa import CANDIDATES, DEFAULT_PHOTO_WEIGHT, DEFAULT_TEXT_WEIGHT, fuse, together_scores
@@ -274,7 +275,7 @@ def exact_passage_metrics(index: faiss.Index, queries: np.ndarray, target: np.nd
     return _exact_passage(search_hits(index, queries, depth, lambda q, i: i == target[q]), ks)
 
 
-def vqa_hits(index: faiss.Index, lexical: LexicalIndex, queries: VqaQueries, max_chars: int,
+def vqa_hits(index: faiss.Index, lexical: LexicalIndex, queries: VqaQueries,
              photo_weights: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Ranked relevance of each query's passage: by the question's BM25 alone over every passage
     (Q, min(N, MAX_DEPTH)), and together at each photo weight over the photo's candidates (W, Q, min(N, CANDIDATES)),
@@ -286,7 +287,7 @@ def vqa_hits(index: faiss.Index, lexical: LexicalIndex, queries: VqaQueries, max
         photo_scores, photo_rows = search(index, queries.photo_emb[start:start + QUERY_CHUNK], depth)  # (chunk, C)
         for q in range(len(photo_rows)):
             target = queries.target[start + q]
-            question_scores = lexical.scores(queries.questions[start + q], max_chars)  # (N,)
+            question_scores = lexical.scores(queries.questions[start + q])  # (N,)
             order = np.argsort(-question_scores, kind="stable")[:question_hits.shape[1]]
             question_hits[start + q] = order == target
             for w, weight in enumerate(photo_weights):
@@ -296,12 +297,12 @@ def vqa_hits(index: faiss.Index, lexical: LexicalIndex, queries: VqaQueries, max
 
 
 def evaluate_vqa(index: faiss.Index, lexical: LexicalIndex, test: VqaQueries, train: VqaQueries,
-                 ks: tuple[int, ...], photo_weight: float, max_chars: int,
+                 ks: tuple[int, ...], photo_weight: float,
                  dense_question_emb: np.ndarray | None = None) -> tuple[dict, pd.DataFrame]:
     """The `vqa` metrics (photo_only, question_only, together at `photo_weight`, chance, the train split's best
     weight; dense_question_only when the questions' text-encoder vectors are given) and the train sweep table
     (photo_weight, recall@1, mrr)."""
-    question_hits, together = vqa_hits(index, lexical, test, max_chars, (photo_weight,))
+    question_hits, together = vqa_hits(index, lexical, test, (photo_weight,))
     metrics = {
         "photo_weight": photo_weight,
         "photo_only": exact_passage_metrics(index, test.photo_emb, test.target, ks),
@@ -314,7 +315,7 @@ def evaluate_vqa(index: faiss.Index, lexical: LexicalIndex, test: VqaQueries, tr
         metrics["dense_question_only"] = exact_passage_metrics(index, dense_question_emb, test.target, ks)
     sweep = pd.DataFrame(columns=["photo_weight", "recall@1", "mrr"])
     if len(train.target):
-        _, swept = vqa_hits(index, lexical, train, max_chars, VQA_WEIGHTS)
+        _, swept = vqa_hits(index, lexical, train, VQA_WEIGHTS)
         sweep = weight_sweep("photo_weight", swept)
         metrics["best_on_train"] = best_weight(sweep, "photo_weight", photo_weight)
     metrics["counts"] = {"test_questions": len(test.target), "train_questions": len(train.target)}
@@ -335,7 +336,7 @@ def best_weight(sweep: pd.DataFrame, name: str, in_use: float) -> dict:
 
 
 def text_rankings(index: faiss.Index, lexical: LexicalIndex, dense_emb: np.ndarray, texts: list[str],
-                  max_chars: int, text_weights: tuple[float, ...]) -> np.ndarray:
+                  text_weights: tuple[float, ...]) -> np.ndarray:
     """The index rows each text query ranks as `Retriever.by_text` does (the text encoder's CANDIDATES best fused
     with BM25's), at each text weight: (W, Q, 2 · min(N, CANDIDATES)), -1 past the end of a ranking."""
     depth = min(index.ntotal, CANDIDATES)
@@ -343,7 +344,7 @@ def text_rankings(index: faiss.Index, lexical: LexicalIndex, dense_emb: np.ndarr
     for start in range(0, len(texts), QUERY_CHUNK):
         dense_scores, dense_rows = search(index, dense_emb[start:start + QUERY_CHUNK], depth)  # (chunk, C)
         for q in range(len(dense_rows)):
-            lexical_top = top_k(lexical.scores(texts[start + q], max_chars), depth)
+            lexical_top = top_k(lexical.scores(texts[start + q]), depth)
             for w, weight in enumerate(text_weights):
                 _, rows = fuse(dense_scores[q], dense_rows[q], *lexical_top, weight)
                 ranked[w, start + q, :len(rows)] = rows
@@ -356,11 +357,12 @@ def evaluate_text(index: faiss.Index, lexical: LexicalIndex, encode: Callable[[l
     """The `text` metrics: text queries ranked as `Retriever.by_text` ranks them at `text_weight`: the test questions
     (their exact passage), each dish's title alone and inside DISH_SENTENCE (any passage of the dish: `passage_dish`
     holds each index row's dish, `dishes` each dish's title), and the train split's best weight; with the train
-    sweep table (text_weight, recall@1, mrr)."""
+    sweep table (text_weight, recall@1, mrr). The questions come read (`query_text`); the dish names are read here."""
     def ranked(texts: list[str], weights: tuple[float, ...]) -> np.ndarray:
-        return text_rankings(index, lexical, encode(texts), texts, max_chars, weights)
+        return text_rankings(index, lexical, encode(texts), texts, weights)
 
     def dish_metrics(texts: list[str]) -> dict:
+        texts = [query_text(t, max_chars) for t in texts]  # read as the Retriever reads a query
         rows = ranked(texts, (text_weight,))[0]  # (D, depth)
         hits = (rows >= 0) & (passage_dish[rows] == np.arange(len(texts))[:, None])
         return _first_relevant(hits, ks)
@@ -461,7 +463,10 @@ def run_evaluation(*, index_dir: str | Path, model_dir: str | Path, base_text_di
         def encode(queries: list[str]) -> np.ndarray:  # (Q, D)
             return encode_texts(model, tokenizer, queries, max_len=query_len)
 
-        vqa, vqa_sweep = evaluate_vqa(index, lexical, asked["test"], asked["train"], ks, photo_weight, max_chars,
+        # every question read once as the Retriever reads a query, for the encoder and BM25 alike
+        asked = {split: replace(queries, questions=[query_text(q, max_chars) for q in queries.questions])
+                 for split, queries in asked.items()}
+        vqa, vqa_sweep = evaluate_vqa(index, lexical, asked["test"], asked["train"], ks, photo_weight,
                                       dense_question_emb=encode(asked["test"].questions))
         logger.info("photo + question: %s", {key: vqa[key] for key in ("photo_only", "question_only", "together")})
         dishes = passages.drop_duplicates("food_id")[["food_id", "title"]].reset_index(drop=True)

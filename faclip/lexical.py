@@ -26,7 +26,7 @@ import numpy as np
 from faclip.errors import FaclipError
 from faclip.files import atomic_dir, sha256_file, write_json
 from faclip.tables import load_docstore, passage_ids_sha256
-from faclip.text import identity_key, normalize_text
+from faclip.text import identity_key
 
 logger = logging.getLogger(__name__)
 logging.getLogger("bm25s").setLevel(logging.WARNING)  # its DEBUG lines say nothing faclip's log does not
@@ -168,11 +168,11 @@ class LexicalIndex:
             raise FaclipError(f"cannot load the lexical index in {self.dir} ({type(err).__name__}); {REBUILD}") from None
         self.count = manifest["count"]
 
-    def scores(self, text: str, max_chars: int) -> np.ndarray:
-        """BM25 of a query against each passage (N,) float32, 0 where no term is shared. The query is read as the
-        text encoder reads it: normalised, then cut to `max_chars`."""
+    def scores(self, text: str) -> np.ndarray:
+        """BM25 of a query against each passage (N,) float32, 0 where no term is shared. The query is what the text
+        encoder reads too (`faclip.text.query_text`: normalised, then cut): callers read it once for both."""
         vocab = self.bm25.vocab_dict
-        ids = [vocab[term] for term in terms(normalize_text(text)[:max_chars]) if term in vocab]
+        ids = [vocab[term] for term in terms(text) if term in vocab]
         if not ids:
             return np.zeros(self.count, dtype=np.float32)
         return self.bm25.get_scores_from_ids(ids)

@@ -216,8 +216,9 @@ class Retriever:
         ntotal = self.index.ntotal
         results: list[list[Hit] | None] = [None] * len(queries)
         # BM25 of every passage (N,) for each text query and each question: read from the lexical index, never built
-        lexical = {i: self.lexical.scores(q.question or q.text, self.max_len * CHARS_PER_TOKEN_BOUND)
-                   for i, q in enumerate(queries) if q.question or q.kind == "text"}
+        # (the text and the question are already read as the encoder reads them: `query_text` in by_text / ask)
+        lexical = {i: self.lexical.scores(q.question or q.text) for i, q in enumerate(queries)
+                   if q.question or q.kind == "text"}
         depth = {i: min(max(q.k if q.per_dish is None else q.k * 4, CANDIDATES if i in lexical else 0), ntotal)
                  for i, q in enumerate(queries)}
         pending = list(range(len(queries)))

@@ -15,7 +15,7 @@ from faclip.errors import FaclipError
 from faclip.files import sha256_file
 from faclip.lexical import BM25_FILES, K1, B, LexicalIndex, build_lexical_index, terms, top_k, word_terms
 from faclip.tables import passage_ids_sha256
-from faclip.text import food_id_for, passage_id_for
+from faclip.text import food_id_for, passage_id_for, query_text
 from faclip.vqa import fuse, min_max, together_scores
 
 PASSAGES = [p for _, passages in DISHES for p in passages]
@@ -76,20 +76,23 @@ def test_scores_are_textbook_bm25_of_the_terms(built):
     _, docstore, _, lexical = built
     texts = docstore["passage_text"].tolist()
     for question in ("لیمو عمانی چه طعمی می‌دهد؟", "با چه نانی می‌خورند؟", "روی آش چه می‌ریزند", "کباب کباب"):
-        np.testing.assert_allclose(lexical.scores(question, MAX_CHARS), textbook_bm25(texts, question), rtol=1e-5)
-    asked = lexical.scores("لیمو عمانی چه طعمی می‌دهد؟", MAX_CHARS)
+        np.testing.assert_allclose(lexical.scores(question), textbook_bm25(texts, question), rtol=1e-5)
+    asked = lexical.scores("لیمو عمانی چه طعمی می‌دهد؟")
     assert texts[int(asked.argmax())] == "لیمو عمانی به قورمه سبزی طعم ترش می‌دهد."
-    np.testing.assert_array_equal(lexical.scores("ليمو عماني چه طعمي مي دهد؟", MAX_CHARS), asked)  # scrape spelling
-    assert not lexical.scores("xyz qqq", MAX_CHARS).any() and not lexical.scores("؟!", MAX_CHARS).any()
+    np.testing.assert_array_equal(lexical.scores("ليمو عماني چه طعمي مي دهد؟"), asked)  # scrape spelling
+    assert not lexical.scores("xyz qqq").any() and not lexical.scores("؟!").any()
 
 
 def test_a_query_is_normalised_first_and_cut_second(built):
     _, _, _, lexical = built
+    def read(text, max_chars):  # what BM25 scores of a query: what the Retriever reads of it
+        return lexical.scores(query_text(text, max_chars))
+
     padded = "\u200b" * 20_000 + "لیمو عمانی"  # invisible characters past any cut, then the words
-    np.testing.assert_array_equal(lexical.scores(padded, 40), lexical.scores("لیمو عمانی", 40))
+    np.testing.assert_array_equal(read(padded, 40), read("لیمو عمانی", 40))
     long = "لیمو عمانی چه طعمی می‌دهد؟ " + "کباب کوبیده " * 1_000
-    np.testing.assert_array_equal(lexical.scores(long, 40), lexical.scores(long[:40], 40))
-    assert (lexical.scores(long, MAX_CHARS) != lexical.scores(long[:40], MAX_CHARS)).any()  # the cut is no no-op
+    np.testing.assert_array_equal(read(long, 40), read(long[:40], 40))
+    assert (read(long, MAX_CHARS) != read(long[:40], MAX_CHARS)).any()  # the cut is no no-op
 
 
 def test_top_k_keeps_the_best_matches_in_score_then_row_order():

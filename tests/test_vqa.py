@@ -26,7 +26,7 @@ from faclip.params import parse_params
 from faclip.prepare import MAX_QUESTION_CHARS, prepare_dataset
 from faclip.search import Retriever
 from faclip.tables import QUESTIONS_COLUMNS, load_questions
-from faclip.text import passage_id_for
+from faclip.text import passage_id_for, query_text
 from faclip.vqa import DEFAULT_PHOTO_WEIGHT, DEFAULT_TEXT_WEIGHT, check_photo_weight, check_text_weight, min_max
 
 QUESTION = "این غذا را با چه چیزی سرو می‌کنند؟"
@@ -207,7 +207,7 @@ def brute_force_scores(retriever, photo, question, weight) -> dict[str, float]:
     photo_emb = encode_images(vision, processor, [load_rgb(photo, decode_min_side(processor))])[0]
     lexical = LexicalIndex(retriever.lexical.dir, docstore_sha256=retriever.manifest["docstore_sha256"],
                            passage_ids_sha256=retriever.manifest["passage_ids_sha256"])
-    bm25 = lexical.scores(question, retriever.max_len * CHARS_PER_TOKEN_BOUND)
+    bm25 = lexical.scores(query_text(question, retriever.max_len * CHARS_PER_TOKEN_BOUND))
     scores = weight * min_max(cosines(retriever.index, photo_emb)) + (1 - weight) * min_max(bm25)
     return dict(zip(retriever.passages["id"], scores.tolist()))
 
@@ -234,7 +234,7 @@ def test_a_text_query_fuses_the_text_encoder_with_bm25(setup):
     retriever, _, _ = setup
     query = "لیمو عمانی چه طعمی می‌دهد؟"
     text_emb = encode_texts(retriever.text_model, retriever.tokenizer, [query], max_len=retriever.max_len)[0]
-    bm25 = retriever.lexical.scores(query, retriever.max_len * CHARS_PER_TOKEN_BOUND)
+    bm25 = retriever.lexical.scores(query_text(query, retriever.max_len * CHARS_PER_TOKEN_BOUND))
     matched = bm25 > 0  # BM25's list: the passages sharing a term; the others get 0 for that half
     lexical = np.zeros(len(bm25))
     lexical[matched] = min_max(bm25[matched])
@@ -419,8 +419,8 @@ def test_evaluate_vqa_halves_are_the_ends_of_the_weight_and_the_sweep_picks_the_
         return VqaQueries(photo, [p[:25] for p in PASSAGES], target)
 
     test, train = queries(2), queries(3)
-    metrics, sweep = evaluate_vqa(index, lexical, test, train, (1, 5), photo_weight=0.5, max_chars=10_000)
-    at = lambda w: evaluate_vqa(index, lexical, test, train, (1, 5), photo_weight=w, max_chars=10_000)[0]["together"]  # noqa: E731
+    metrics, sweep = evaluate_vqa(index, lexical, test, train, (1, 5), photo_weight=0.5)
+    at = lambda w: evaluate_vqa(index, lexical, test, train, (1, 5), photo_weight=w)[0]["together"]  # noqa: E731
     assert at(1.0) == metrics["photo_only"]
     assert at(0.0) == metrics["question_only"]
     assert metrics["question_only"]["recall@1"] > metrics["photo_only"]["recall@1"]
@@ -431,7 +431,7 @@ def test_evaluate_vqa_halves_are_the_ends_of_the_weight_and_the_sweep_picks_the_
     best = metrics["best_on_train"]
     assert best["mrr"] == sweep["mrr"].max() and best["photo_weight"] < 0.5  # the question weighs more here
     # the sweep's row for a weight is what evaluating the train split at that weight gives
-    train_at = evaluate_vqa(index, lexical, train, train, (1,), photo_weight=0.25, max_chars=10_000)[0]["together"]
+    train_at = evaluate_vqa(index, lexical, train, train, (1,), photo_weight=0.25)[0]["together"]
     row = sweep.set_index("photo_weight").loc[0.25]
     assert (row["recall@1"], row["mrr"]) == pytest.approx((train_at["recall@1"], train_at["mrr"]))
 
