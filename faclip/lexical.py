@@ -28,7 +28,6 @@ from faclip.files import atomic_dir, sha256_file, write_json
 from faclip.tables import load_docstore, passage_ids_sha256
 from faclip.text import identity_key
 
-logger = logging.getLogger(__name__)
 logging.getLogger("bm25s").setLevel(logging.WARNING)  # its DEBUG lines say nothing faclip's log does not
 
 MANIFEST_FILE = "manifest.json"
